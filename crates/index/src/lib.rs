@@ -1,0 +1,1 @@
+//! Exact and compressed nearest-neighbour search.

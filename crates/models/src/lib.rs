@@ -1,0 +1,1 @@
+//! Models: BERT encoders and Llama-family causal LMs.
