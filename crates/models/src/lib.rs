@@ -1,1 +1,5 @@
-//! Models: BERT encoders and Llama-family causal LMs.
+//! BERT encoders and Llama-family causal LMs on candle, loaded from HF directories and GGUF files.
+
+pub mod error;
+
+pub use error::{ModelError, Result};
