@@ -314,19 +314,21 @@ pub struct Expect {
 }
 
 /// An opened index of either kind.
+// Opened once per version, so the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum AnyIndex {
     /// Exact index.
     Flat(FlatIndex),
     /// IVF-PQ index.
-    IvfPq(Box<IvfPqIndex>),
+    IvfPq(IvfPqIndex),
 }
 
 impl AnyIndex {
     fn inner(&self) -> &dyn Index {
         match self {
             AnyIndex::Flat(i) => i,
-            AnyIndex::IvfPq(i) => i.as_ref(),
+            AnyIndex::IvfPq(i) => i,
         }
     }
 
@@ -552,9 +554,7 @@ pub fn open_index(dir: &Path, opts: &OpenOptions) -> Result<AnyIndex> {
             rows,
             provenance: manifest.provenance.clone(),
         })),
-        (IndexKind::IvfPq, Some(meta)) => {
-            Ok(AnyIndex::IvfPq(Box::new(load_ivfpq(&r, rows, meta)?)))
-        }
+        (IndexKind::IvfPq, Some(meta)) => Ok(AnyIndex::IvfPq(load_ivfpq(&r, rows, meta)?)),
         (IndexKind::IvfPq, None) => Err(IndexError::format(
             &dir.join(MANIFEST),
             "field ivfpq is missing for kind ivfpq",
