@@ -58,7 +58,14 @@ impl IndexBuilder {
         }
         std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
         let spill_path = dir.join("keys.spill.tmp");
-        let f = File::create(&spill_path).map_err(|e| IndexError::io(&spill_path, e))?;
+        // Read access too: the spill is memory-mapped by `finish`.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&spill_path)
+            .map_err(|e| IndexError::io(&spill_path, e))?;
         Ok(IndexBuilder {
             dir: dir.to_path_buf(),
             config,
