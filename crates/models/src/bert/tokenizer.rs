@@ -5,11 +5,15 @@ use super::checkpoint::{TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, VOCAB_FILE};
 use crate::{ModelError, Result};
 use candle_core::{Device, Tensor};
 use std::path::{Path, PathBuf};
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
-use tokenizers::{Encoding, Tokenizer, TruncationParams};
+use tokenizers::{AddedToken, Encoding, Tokenizer, TruncationParams};
+
+/// BERT's special tokens, registered so they are never split and can be skipped when decoding.
+const SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 
 /// Loads the tokenizer of `dir` without padding (batches are padded dynamically) and truncating
 /// to `max_len` tokens. Returns it with the path of the file it was built from.
@@ -75,6 +79,14 @@ fn wordpiece_from_vocab(dir: &Path, vocab: &Path) -> Result<Tokenizer> {
     };
     let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
     id("[UNK]")?;
+    let specials: Vec<AddedToken> = SPECIAL_TOKENS
+        .iter()
+        .filter(|t| tok.token_to_id(t).is_some())
+        .map(|t| AddedToken::from(*t, true))
+        .collect();
+    tok.add_special_tokens(specials)
+        .map_err(|e| bad(format!("cannot add special tokens: {e}")))?;
+    tok.with_decoder(Some(WordPieceDecoder::default()));
     tok.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
         .map_err(|e| bad(format!("cannot set normalizer: {e}")))?;
     tok.with_pre_tokenizer(Some(BertPreTokenizer));
