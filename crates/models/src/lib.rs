@@ -1,5 +1,7 @@
 //! BERT encoders and Llama-family causal LMs on candle, loaded from HF directories and GGUF files.
 
+pub mod bert;
 pub mod error;
+pub mod weights;
 
 pub use error::{ModelError, Result};

@@ -1,0 +1,96 @@
+//! Small building blocks shared by the BERT body and its heads, each with an inference path
+//! (fused kernels, no dropout) and a differentiable training path.
+
+use super::config::{BertConfig, HiddenAct};
+use candle_core::{Result, Tensor};
+use candle_nn::{Init, Linear, VarBuilder};
+
+/// Whether a forward pass is for inference (fused, no dropout) or training (differentiable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Fused layer norm and softmax, dropout off. No backward pass.
+    Inference,
+    /// Layer norm and softmax from basic ops, dropout on.
+    Train,
+}
+
+/// A linear layer initialised as HF BERT does: weight ~ N(0, std), bias zero.
+pub(crate) fn linear(in_dim: usize, out_dim: usize, std: f64, vb: VarBuilder) -> Result<Linear> {
+    let w = vb.get_with_hints(
+        (out_dim, in_dim),
+        "weight",
+        Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        },
+    )?;
+    let b = vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?;
+    Ok(Linear::new(w, Some(b)))
+}
+
+/// An embedding table initialised as HF BERT does: N(0, std).
+pub(crate) fn embedding(rows: usize, dim: usize, std: f64, vb: VarBuilder) -> Result<Tensor> {
+    vb.get_with_hints(
+        (rows, dim),
+        "weight",
+        Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        },
+    )
+}
+
+/// Layer norm over the last dimension (`weight`/`bias`, initialised to ones/zeros).
+#[derive(Debug, Clone)]
+pub(crate) struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    pub(crate) fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(size, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(size, "bias", Init::Const(0.0))?,
+            eps: eps as f32,
+        })
+    }
+
+    /// A `hidden_size` layer norm with the config's epsilon.
+    pub(crate) fn for_config(cfg: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        Self::new(cfg.hidden_size, cfg.layer_norm_eps, vb)
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        match mode {
+            Mode::Inference => candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps),
+            Mode::Train => candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps),
+        }
+    }
+}
+
+/// Softmax over the last dimension.
+pub(crate) fn softmax(x: &Tensor, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Inference => candle_nn::ops::softmax_last_dim(x),
+        Mode::Train => candle_nn::ops::softmax(x, candle_core::D::Minus1),
+    }
+}
+
+/// Dropout with probability `p`, applied only in training mode.
+pub(crate) fn dropout(x: &Tensor, p: f64, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Train if p > 0.0 => candle_nn::ops::dropout(x, p as f32),
+        _ => Ok(x.clone()),
+    }
+}
+
+/// Applies the configured activation.
+pub(crate) fn activate(x: &Tensor, act: HiddenAct) -> Result<Tensor> {
+    match act {
+        HiddenAct::Gelu => x.gelu_erf(),
+        HiddenAct::GeluNew => x.gelu(),
+        HiddenAct::Relu => x.relu(),
+    }
+}
