@@ -1,5 +1,9 @@
 //! BERT encoders and Llama-family causal LMs on candle, loaded from HF directories and GGUF files.
 
+pub mod bpe;
 pub mod error;
+pub mod gguf;
+pub mod hash;
+pub mod llama;
 
 pub use error::{ModelError, Result};
