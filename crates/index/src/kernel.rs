@@ -53,40 +53,15 @@ pub(crate) fn pack_keys(rows: KeyRows<'_>, n: usize, dim: usize, out: &mut Vec<f
     }
 }
 
-/// Multiply-accumulate flavour: fused where the CPU has FMA, plain otherwise.
-trait Mac {
-    fn mac(a: f32, b: f32, c: f32) -> f32;
-}
-
-struct Plain;
-impl Mac for Plain {
-    #[inline(always)]
-    fn mac(a: f32, b: f32, c: f32) -> f32 {
-        a * b + c
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-struct Fused;
-#[cfg(target_arch = "x86_64")]
-impl Mac for Fused {
-    #[inline(always)]
-    fn mac(a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
-    }
-}
-
 /// `Q` queries (of a packed micro-block) × one panel; every score sums over `d` in order,
 /// so a key's score never depends on its position or on how many queries share the block.
 #[inline(always)]
-fn micro<M: Mac, const Q: usize>(qp: &[f32], panel: &[f32], out: &mut [f32], ld: usize) {
+fn micro<const Q: usize>(qp: &[f32], panel: &[f32], out: &mut [f32], ld: usize) {
     let mut acc = [[0f32; PANEL]; Q];
     for (kv, qv) in panel.chunks_exact(PANEL).zip(qp.chunks_exact(QB)) {
-        let kv: &[f32; PANEL] = kv.try_into().expect("panel chunk");
         for i in 0..Q {
-            let q = qv[i];
             for j in 0..PANEL {
-                acc[i][j] = M::mac(q, kv[j], acc[i][j]);
+                acc[i][j] += qv[i] * kv[j];
             }
         }
     }
@@ -95,14 +70,43 @@ fn micro<M: Mac, const Q: usize>(qp: &[f32], panel: &[f32], out: &mut [f32], ld:
     }
 }
 
+/// The AVX2+FMA micro-kernel: 2·`Q` vector accumulators, two key loads and `Q` broadcasts per
+/// dimension (the same per-key summation order as [`micro`], fused).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn micro_avx2<const Q: usize>(qp: &[f32], panel: &[f32], out: &mut [f32], ld: usize) {
+    use std::arch::x86_64::*;
+    let dim = panel.len() / PANEL;
+    assert!(qp.len() >= dim * QB && out.len() >= (Q - 1) * ld + PANEL);
+    let (kp, qptr) = (panel.as_ptr(), qp.as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); 2]; Q];
+    for d in 0..dim {
+        // SAFETY: d < dim, so the panel reads end at dim·PANEL and the query reads at dim·QB.
+        let k0 = _mm256_loadu_ps(kp.add(d * PANEL));
+        let k1 = _mm256_loadu_ps(kp.add(d * PANEL + 8));
+        for (i, a) in acc.iter_mut().enumerate() {
+            let q = _mm256_broadcast_ss(&*qptr.add(d * QB + i));
+            a[0] = _mm256_fmadd_ps(q, k0, a[0]);
+            a[1] = _mm256_fmadd_ps(q, k1, a[1]);
+        }
+    }
+    for (i, a) in acc.iter().enumerate() {
+        let o = &mut out[i * ld..i * ld + PANEL];
+        _mm256_storeu_ps(o.as_mut_ptr(), a[0]);
+        _mm256_storeu_ps(o.as_mut_ptr().add(8), a[1]);
+    }
+}
+
+/// Calls `f` for each (query micro-block, panel) pair with the output slice it fills.
 #[inline(always)]
-fn dots_impl<M: Mac>(
+fn tiles(
     qpack: &[f32],
     nq: usize,
     panels: &[f32],
     npanels: usize,
     dim: usize,
     out: &mut [f32],
+    mut f: impl FnMut(usize, &[f32], &[f32], &mut [f32], usize),
 ) {
     let ld = npanels * PANEL;
     let pstride = dim * PANEL;
@@ -111,29 +115,9 @@ fn dots_impl<M: Mac>(
         for b in 0..nq.div_ceil(QB) {
             let qp = &qpack[b * dim * QB..(b + 1) * dim * QB];
             let o = &mut out[b * QB * ld + p * PANEL..];
-            match (nq - b * QB).min(QB) {
-                6 => micro::<M, 6>(qp, panel, o, ld),
-                5 => micro::<M, 5>(qp, panel, o, ld),
-                4 => micro::<M, 4>(qp, panel, o, ld),
-                3 => micro::<M, 3>(qp, panel, o, ld),
-                2 => micro::<M, 2>(qp, panel, o, ld),
-                _ => micro::<M, 1>(qp, panel, o, ld),
-            }
+            f((nq - b * QB).min(QB), qp, panel, o, ld);
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dots_avx2(
-    qpack: &[f32],
-    nq: usize,
-    panels: &[f32],
-    npanels: usize,
-    dim: usize,
-    out: &mut [f32],
-) {
-    dots_impl::<Fused>(qpack, nq, panels, npanels, dim, out)
 }
 
 /// Inner products of `nq` packed queries with `npanels` packed key panels into `out`
@@ -149,10 +133,45 @@ pub(crate) fn dots(
     assert!(out.len() >= nq * npanels * PANEL && qpack.len() >= nq.div_ceil(QB) * dim * QB);
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { dots_avx2(qpack, nq, panels, npanels, dim, out) };
+        tiles(
+            qpack,
+            nq,
+            panels,
+            npanels,
+            dim,
+            out,
+            |q, qp, panel, o, ld| {
+                // SAFETY: the CPU supports AVX2 and FMA (checked above).
+                unsafe {
+                    match q {
+                        6 => micro_avx2::<6>(qp, panel, o, ld),
+                        5 => micro_avx2::<5>(qp, panel, o, ld),
+                        4 => micro_avx2::<4>(qp, panel, o, ld),
+                        3 => micro_avx2::<3>(qp, panel, o, ld),
+                        2 => micro_avx2::<2>(qp, panel, o, ld),
+                        _ => micro_avx2::<1>(qp, panel, o, ld),
+                    }
+                }
+            },
+        );
+        return;
     }
-    dots_impl::<Plain>(qpack, nq, panels, npanels, dim, out)
+    tiles(
+        qpack,
+        nq,
+        panels,
+        npanels,
+        dim,
+        out,
+        |q, qp, panel, o, ld| match q {
+            6 => micro::<6>(qp, panel, o, ld),
+            5 => micro::<5>(qp, panel, o, ld),
+            4 => micro::<4>(qp, panel, o, ld),
+            3 => micro::<3>(qp, panel, o, ld),
+            2 => micro::<2>(qp, panel, o, ld),
+            _ => micro::<1>(qp, panel, o, ld),
+        },
+    );
 }
 
 /// Plain inner product with 16 independent accumulators (for re-ranking and small jobs).

@@ -1,0 +1,232 @@
+//! Index benchmark: exact and IVF-PQ build time, bytes per key, queries/s on 1 and 2 threads and
+//! recall@k against exact search, on `.npy` keys and queries; `gen` writes synthetic clustered data.
+//!
+//! ```text
+//! ralm-index-bench gen --n 200000 --nq 1000 --dim 384 --clusters 1000 --seed 1 --out keys.npy --queries q.npy [--f16]
+//! ralm-index-bench --keys keys.npy --queries q.npy --metric ip --k 10 --batch 100 \
+//!     [--key-type f16] [--ivf 1024,64,8]... [--rerank 100] [--json out.jsonl]
+//! ```
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ralm_index::npy;
+use ralm_index::rng::Rng;
+use ralm_index::{FlatIndex, Hits, Index, IvfPqIndex, IvfPqParams, KeyType, Metric, SearchParams};
+
+type Res<T> = std::result::Result<T, String>;
+
+/// Parsed `--name value` pairs (repeatable).
+struct Args(Vec<(String, String)>);
+
+impl Args {
+    fn parse(raw: &[String]) -> Res<Self> {
+        let mut out = Vec::new();
+        let mut it = raw.iter();
+        while let Some(a) = it.next() {
+            let name = a
+                .strip_prefix("--")
+                .ok_or(format!("unexpected argument {a:?}"))?;
+            if name == "f16" {
+                out.push((name.to_string(), "true".into()));
+                continue;
+            }
+            let v = it.next().ok_or(format!("--{name} needs a value"))?;
+            out.push((name.to_string(), v.clone()));
+        }
+        Ok(Args(out))
+    }
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+    fn get(&self, name: &str) -> Option<&str> {
+        self.all(name).last().copied()
+    }
+    fn req(&self, name: &str) -> Res<&str> {
+        self.get(name).ok_or(format!("missing --{name}"))
+    }
+    fn num<T: std::str::FromStr>(&self, name: &str, default: T) -> Res<T> {
+        self.get(name).map_or(Ok(default), |v| {
+            v.parse().map_err(|_| format!("--{name}: bad number {v:?}"))
+        })
+    }
+}
+
+fn gen(a: &Args) -> Res<()> {
+    let n: usize = a.num("n", 200_000)?;
+    let dim: usize = a.num("dim", 384)?;
+    let clusters: usize = a.num("clusters", 1000)?;
+    let spread: f32 = a.num("spread", 0.5)?;
+    let mut rng = Rng::new(a.num("seed", 1)?);
+    // Cluster sizes vary (Zipf-like weights), centres are Gaussian, points add isotropic noise.
+    let centres: Vec<f32> = (0..clusters * dim).map(|_| rng.normal()).collect();
+    let nq: usize = a.num("nq", 1000)?;
+    let mut data = Vec::with_capacity((n + nq) * dim);
+    for _ in 0..n + nq {
+        let c = ((rng.uniform().powi(2)) * clusters as f32) as usize % clusters;
+        data.extend((0..dim).map(|d| centres[c * dim + d] + spread * rng.normal()));
+    }
+    let (keys, queries) = data.split_at(n * dim);
+    let out = PathBuf::from(a.req("out")?);
+    let r = if a.get("f16").is_some() {
+        npy::write_f16(&out, n, dim, keys)
+    } else {
+        npy::write_f32(&out, n, dim, keys)
+    };
+    r.map_err(|e| e.to_string())?;
+    let qout = PathBuf::from(a.req("queries")?);
+    npy::write_f32(&qout, nq, dim, queries).map_err(|e| e.to_string())?;
+    eprintln!(
+        "wrote {n} × {dim} to {} and {nq} queries to {}",
+        out.display(),
+        qout.display()
+    );
+    Ok(())
+}
+
+/// Queries/s of `idx` on `threads` threads, searching in batches.
+fn qps(
+    idx: &dyn Index,
+    q: &[f32],
+    dim: usize,
+    k: usize,
+    batch: usize,
+    sp: &SearchParams,
+    threads: usize,
+) -> Res<(f64, Hits)> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| e.to_string())?;
+    pool.install(|| {
+        let t = Instant::now();
+        let mut all = Hits {
+            k,
+            ids: Vec::new(),
+            scores: Vec::new(),
+        };
+        for chunk in q.chunks(batch * dim) {
+            let h = idx.search(chunk, k, sp).map_err(|e| e.to_string())?;
+            all.ids.extend(h.ids);
+            all.scores.extend(h.scores);
+        }
+        Ok(((q.len() / dim) as f64 / t.elapsed().as_secs_f64(), all))
+    })
+}
+
+fn recall(got: &Hits, want: &Hits) -> f64 {
+    let mut hit = 0usize;
+    for i in 0..want.len() {
+        let g = got.row(i).0;
+        hit += want.row(i).0.iter().filter(|id| g.contains(id)).count();
+    }
+    hit as f64 / want.ids.len().max(1) as f64
+}
+
+fn bench(a: &Args) -> Res<()> {
+    let keys = npy::read(&PathBuf::from(a.req("keys")?)).map_err(|e| e.to_string())?;
+    let queries = npy::read(&PathBuf::from(a.req("queries")?)).map_err(|e| e.to_string())?;
+    if keys.cols != queries.cols {
+        return Err(format!(
+            "keys have dim {} but queries {}",
+            keys.cols, queries.cols
+        ));
+    }
+    let dim = keys.cols;
+    let metric: Metric = a
+        .req("metric")?
+        .parse()
+        .map_err(|e: ralm_index::IndexError| e.to_string())?;
+    let key_type: KeyType = a
+        .get("key-type")
+        .unwrap_or("f32")
+        .parse()
+        .map_err(|e: ralm_index::IndexError| e.to_string())?;
+    let k: usize = a.num("k", 10)?;
+    let batch: usize = a.num("batch", 100)?;
+    let rerank: Option<usize> = a
+        .get("rerank")
+        .map(|v| v.parse())
+        .transpose()
+        .map_err(|_| "--rerank: bad number")?;
+    let ids: Vec<u64> = (0..keys.rows as u64).collect();
+    let mut json = match a.get("json") {
+        Some(p) => Some(std::fs::File::create(p).map_err(|e| format!("{p}: {e}"))?),
+        None => None,
+    };
+    let mut emit = |line: serde_json::Value| -> Res<()> {
+        println!("{line}");
+        if let Some(f) = json.as_mut() {
+            writeln!(f, "{line}").map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    };
+    let t = Instant::now();
+    let flat = FlatIndex::from_vectors(dim, metric, key_type, &keys.data, &ids)
+        .map_err(|e| e.to_string())?;
+    let build = t.elapsed().as_secs_f64();
+    let sp = SearchParams::default();
+    let (q1, exact) = qps(&flat, &queries.data, dim, k, batch, &sp, 1)?;
+    let (q2, _) = qps(&flat, &queries.data, dim, k, batch, &sp, 2)?;
+    emit(serde_json::json!({
+        "engine": "ralm", "index": "flat", "metric": metric.to_string(), "key_type": key_type.to_string(),
+        "n": keys.rows, "dim": dim, "nq": queries.rows, "k": k, "batch": batch,
+        "build_s": build, "bytes_per_key": dim * key_type.size(), "qps_1t": q1, "qps_2t": q2, "recall": 1.0,
+    }))?;
+    for spec in a.all("ivf") {
+        let p: Vec<usize> = spec
+            .split(',')
+            .map(|x| {
+                x.parse()
+                    .map_err(|_| format!("--ivf {spec:?}: expected nlist,m,nprobe"))
+            })
+            .collect::<Res<_>>()?;
+        let [nlist, m, nprobe] = p[..] else {
+            return Err(format!("--ivf {spec:?}: expected nlist,m,nprobe"));
+        };
+        let t = Instant::now();
+        let idx = IvfPqIndex::build(
+            dim,
+            metric,
+            key_type,
+            &keys.data,
+            &ids,
+            &IvfPqParams::new(nlist, m, 1),
+        )
+        .map_err(|e| e.to_string())?;
+        let build = t.elapsed().as_secs_f64();
+        for rr in [None, rerank] {
+            let sp = SearchParams { nprobe, rerank: rr };
+            let (q1, hits) = qps(&idx, &queries.data, dim, k, batch, &sp, 1)?;
+            let (q2, _) = qps(&idx, &queries.data, dim, k, batch, &sp, 2)?;
+            emit(serde_json::json!({
+                "engine": "ralm", "index": "ivfpq", "metric": metric.to_string(), "key_type": key_type.to_string(),
+                "n": keys.rows, "dim": dim, "nq": queries.rows, "k": k, "batch": batch,
+                "nlist": nlist, "m": m, "nprobe": nprobe, "rerank": rr,
+                "build_s": build, "bytes_per_key": idx.code_bytes_per_key(), "qps_1t": q1, "qps_2t": q2,
+                "recall": recall(&hits, &exact),
+            }))?;
+            if rerank.is_none() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let r = match raw.first().map(String::as_str) {
+        Some("gen") => Args::parse(&raw[1..]).and_then(|a| gen(&a)),
+        _ => Args::parse(&raw).and_then(|a| bench(&a)),
+    };
+    if let Err(e) = r {
+        eprintln!("ralm-index-bench: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""FAISS side of the index benchmark: the same settings as ralm-index-bench on the same .npy files.
+
+Prints one JSON line per setting (and appends them to --json), fields as ralm-index-bench:
+build_s, bytes_per_key, qps_1t, qps_2t, recall (against FAISS exact search).
+"""
+import argparse
+import json
+import time
+
+import faiss
+import numpy as np
+
+
+def qps(index, q, k, batch, threads):
+    faiss.omp_set_num_threads(threads)
+    t = time.perf_counter()
+    ids = [index.search(q[i:i + batch], k)[1] for i in range(0, len(q), batch)]
+    return len(q) / (time.perf_counter() - t), np.concatenate(ids)
+
+
+def recall(got, want):
+    return float(np.mean([len(set(g) & set(w)) / len(w) for g, w in zip(got, want)]))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--keys", required=True)
+    ap.add_argument("--queries", required=True)
+    ap.add_argument("--metric", choices=["ip", "l2", "cos"], required=True)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--ivf", action="append", default=[], help="nlist,m,nprobe")
+    ap.add_argument("--rerank", type=int)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    xb = np.ascontiguousarray(np.load(a.keys).astype(np.float32))
+    xq = np.ascontiguousarray(np.load(a.queries).astype(np.float32))
+    if a.metric == "cos":
+        faiss.normalize_L2(xb)
+        faiss.normalize_L2(xq)
+    mt = faiss.METRIC_L2 if a.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    n, d = xb.shape
+    out = open(a.json, "a") if a.json else None
+
+    def emit(**row):
+        row.update(engine="faiss", metric=a.metric, n=n, dim=d, nq=len(xq), k=a.k, batch=a.batch)
+        line = json.dumps(row)
+        print(line, flush=True)
+        if out:
+            out.write(line + "\n")
+
+    t = time.perf_counter()
+    flat = faiss.IndexFlat(d, mt)
+    flat.add(xb)
+    build = time.perf_counter() - t
+    q1, exact = qps(flat, xq, a.k, a.batch, 1)
+    q2, _ = qps(flat, xq, a.k, a.batch, 2)
+    emit(index="flat", build_s=build, bytes_per_key=4 * d, qps_1t=q1, qps_2t=q2, recall=1.0)
+    for spec in a.ivf:
+        nlist, m, nprobe = map(int, spec.split(","))
+        faiss.omp_set_num_threads(2)
+        t = time.perf_counter()
+        quant = faiss.IndexFlat(d, mt)
+        ivf = faiss.IndexIVFPQ(quant, d, nlist, m, 8, mt)
+        ivf.cp.seed = 1
+        ivf.train(xb)
+        ivf.add(xb)
+        build = time.perf_counter() - t
+        ivf.nprobe = nprobe
+        for rr in [None, a.rerank] if a.rerank else [None]:
+            index = ivf
+            if rr:
+                index = faiss.IndexRefineFlat(ivf, faiss.swig_ptr(xb))
+                index.k_factor = rr / a.k
+            q1, got = qps(index, xq, a.k, a.batch, 1)
+            q2, _ = qps(index, xq, a.k, a.batch, 2)
+            emit(index="ivfpq", nlist=nlist, m=m, nprobe=nprobe, rerank=rr, build_s=build,
+                 bytes_per_key=m + 8, qps_1t=q1, qps_2t=q2, recall=recall(got, exact))
+
+
+if __name__ == "__main__":
+    main()
