@@ -1,1 +1,29 @@
-fn main() {}
+//! The `ralm` command-line tool.
+
+mod bench;
+mod lm;
+
+use clap::{Parser, Subcommand};
+
+/// Retrieval-augmented language models.
+#[derive(Parser)]
+#[command(name = "ralm", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Causal language-model commands.
+    Lm(lm::LmArgs),
+    /// Speed benchmarks.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Command::Lm(args) => lm::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}
