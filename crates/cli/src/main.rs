@@ -1,22 +1,31 @@
-//! The ralm command-line tool.
+//! The `ralm` command-line tool.
 
+mod bench;
 mod io;
+mod lm;
 mod plot;
 
 use clap::{Parser, Subcommand};
 
 /// Retrieval-augmented language models: REALM question answering, kNN-LM and kNN-MT.
 #[derive(Parser)]
-#[command(name = "ralm", version)]
+#[command(name = "ralm", version, about)]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Causal language-model commands.
+    Lm(lm::LmArgs),
+    /// Speed benchmarks.
+    Bench(bench::BenchArgs),
+}
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.cmd {}
+    match Cli::parse().cmd {
+        Command::Lm(args) => lm::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
 }

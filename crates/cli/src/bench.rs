@@ -1,0 +1,104 @@
+//! `ralm bench score`: LM scoring throughput against a PyTorch reference.
+
+use crate::lm::load_model;
+use candle_core::{Device, Tensor};
+use clap::{Args, Subcommand};
+use ralm_models::llama::LlamaModel;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// PyTorch (f32, HF transformers) scoring speed for SmolLM2-135M at batch 4 × 512 on the
+/// project's 2-core reference machine, measured outside this project.
+const PYTORCH_SCORE_TOKENS_PER_S: f64 = 330.0;
+
+/// Speed benchmarks.
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    cmd: BenchCommand,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Causal-LM scoring (forward + next-token log-probabilities), f32 and quantized.
+    Score(ScoreBenchArgs),
+}
+
+/// Arguments of `ralm bench score`.
+#[derive(Args)]
+pub struct ScoreBenchArgs {
+    /// A `.gguf` file (both weight modes are measured).
+    #[arg(long, default_value = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    model: PathBuf,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 512)]
+    seq: usize,
+    /// Timed iterations (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+}
+
+/// Runs a `bench` subcommand.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.cmd {
+        BenchCommand::Score(a) => score(a),
+    }
+}
+
+/// One scoring pass: all positions but the last predict their successor.
+fn score_once(model: &LlamaModel, ids: &Tensor) -> anyhow::Result<()> {
+    let seq = ids.dim(1)?;
+    let hidden = model.forward(ids, 0, None)?.hidden;
+    let lp =
+        model.next_token_logprobs(&hidden.narrow(1, 0, seq - 1)?, &ids.narrow(1, 1, seq - 1)?)?;
+    anyhow::ensure!(
+        lp.sum_all()?.to_scalar::<f32>()?.is_finite(),
+        "non-finite log-probabilities"
+    );
+    Ok(())
+}
+
+fn score(a: ScoreBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.batch > 0 && a.seq > 1 && a.iters > 0,
+        "batch, seq and iters must be positive (seq > 1)"
+    );
+    println!(
+        "scoring {} × {} tokens, {} iterations, {} threads; PyTorch f32 reference: {PYTORCH_SCORE_TOKENS_PER_S} tokens/s (measured elsewhere on the 2-core machine)",
+        a.batch,
+        a.seq,
+        a.iters,
+        candle_core::utils::get_num_threads()
+    );
+    for quantized in [false, true] {
+        let model = load_model(&a.model, quantized)?;
+        let vocab = model.config().vocab_size as u32;
+        // Deterministic pseudo-random ids (a fixed LCG) keep runs comparable.
+        let mut state = 0x2545_f491_u32;
+        let ids: Vec<u32> = (0..a.batch * a.seq)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 8) % vocab
+            })
+            .collect();
+        let ids = Tensor::from_vec(ids, (a.batch, a.seq), &Device::Cpu)?;
+        score_once(&model, &ids)?;
+        let start = Instant::now();
+        for _ in 0..a.iters {
+            score_once(&model, &ids)?;
+        }
+        let secs = start.elapsed().as_secs_f64() / a.iters as f64;
+        let tps = (a.batch * a.seq) as f64 / secs;
+        println!(
+            "{:<9} {:>8.1} tokens/s  {:>6.3} s/batch  ratio vs PyTorch {:.2}×",
+            if quantized { "quantized" } else { "f32" },
+            tps,
+            secs,
+            tps / PYTORCH_SCORE_TOKENS_PER_S
+        );
+    }
+    Ok(())
+}
