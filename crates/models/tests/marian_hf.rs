@@ -32,6 +32,9 @@ fn config() -> HfMarianConfig {
     }
 }
 
+/// Adds a tensor: name, shape, uniform half-width, offset.
+type Put<'a> = dyn FnMut(String, &[usize], f32, f32) + 'a;
+
 fn random_tensors(seed: u64) -> HashMap<String, Tensor> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = HashMap::new();
@@ -44,7 +47,7 @@ fn random_tensors(seed: u64) -> HashMap<String, Tensor> {
     };
     put("model.shared.weight".into(), &[V, D], 0.5, 0.0);
     put("final_logits_bias".into(), &[1, V], 0.1, 0.0);
-    let attn = |put: &mut dyn FnMut(String, &[usize], f32, f32), p: &str| {
+    let attn = |put: &mut Put, p: &str| {
         for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
             put(format!("{p}.{proj}.weight"), &[D, D], 0.4, 0.0);
             put(format!("{p}.{proj}.bias"), &[D], 0.1, 0.0);
@@ -52,7 +55,7 @@ fn random_tensors(seed: u64) -> HashMap<String, Tensor> {
         put(format!("{p}_layer_norm.weight"), &[D], 0.1, 1.0);
         put(format!("{p}_layer_norm.bias"), &[D], 0.1, 0.0);
     };
-    let ffn = |put: &mut dyn FnMut(String, &[usize], f32, f32), p: &str| {
+    let ffn = |put: &mut Put, p: &str| {
         put(format!("{p}.fc1.weight"), &[FFN, D], 0.4, 0.0);
         put(format!("{p}.fc1.bias"), &[FFN], 0.1, 0.0);
         put(format!("{p}.fc2.weight"), &[D, FFN], 0.3, 0.0);

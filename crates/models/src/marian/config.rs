@@ -179,8 +179,8 @@ impl MarianConfig {
     pub fn validate(self, path: &Path) -> Result<Self> {
         if self.d_model == 0
             || self.heads == 0
-            || self.d_model % self.heads != 0
-            || self.d_model % 2 != 0
+            || !self.d_model.is_multiple_of(self.heads)
+            || !self.d_model.is_multiple_of(2)
         {
             return Err(ModelError::format(
                 path,

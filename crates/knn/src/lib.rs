@@ -1,0 +1,3 @@
+//! kNN-LM and kNN-MT engine.
+
+pub mod mt_metrics;
