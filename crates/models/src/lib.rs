@@ -1,4 +1,5 @@
-//! BERT encoders and Llama-family causal LMs on candle, loaded from HF directories and GGUF files.
+//! BERT encoders, Llama-family causal LMs and Marian translation models on candle, loaded from
+//! HF directories, GGUF files and Marian binaries.
 
 pub mod bert;
 pub mod bpe;
@@ -6,6 +7,7 @@ pub mod error;
 pub mod gguf;
 pub mod hash;
 pub mod llama;
+pub mod marian;
 pub mod weights;
 
 pub use error::{ModelError, Result};
