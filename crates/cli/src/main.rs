@@ -1,6 +1,7 @@
 //! The `ralm` command-line tool.
 
 mod bench;
+mod embed;
 mod io;
 mod lm;
 mod plot;
@@ -17,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Embed texts with a BERT encoder into a .npy matrix.
+    Embed(embed::EmbedArgs),
     /// Causal language-model commands.
     Lm(lm::LmArgs),
     /// Speed benchmarks.
@@ -25,6 +28,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
+        Command::Embed(args) => embed::run(args),
         Command::Lm(args) => lm::run(args),
         Command::Bench(args) => bench::run(args),
     }

@@ -2,7 +2,7 @@
 
 use crate::lm::load_model;
 use candle_core::{Device, Tensor};
-use clap::{Args, Subcommand};
+use clap::Args;
 use ralm_models::llama::LlamaModel;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -11,22 +11,9 @@ use std::time::Instant;
 /// project's 2-core reference machine, measured outside this project.
 const PYTORCH_SCORE_TOKENS_PER_S: f64 = 330.0;
 
-/// Speed benchmarks.
-#[derive(Args)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    cmd: BenchCommand,
-}
-
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// Causal-LM scoring (forward + next-token log-probabilities), f32 and quantized.
-    Score(ScoreBenchArgs),
-}
-
 /// Arguments of `ralm bench score`.
 #[derive(Args)]
-pub struct ScoreBenchArgs {
+pub struct ScoreArgs {
     /// A `.gguf` file (both weight modes are measured).
     #[arg(long, default_value = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")]
     model: PathBuf,
@@ -39,13 +26,6 @@ pub struct ScoreBenchArgs {
     /// Timed iterations (after one warm-up).
     #[arg(long, default_value_t = 3)]
     iters: usize,
-}
-
-/// Runs a `bench` subcommand.
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    match args.cmd {
-        BenchCommand::Score(a) => score(a),
-    }
 }
 
 /// One scoring pass: all positions but the last predict their successor.
@@ -61,7 +41,7 @@ fn score_once(model: &LlamaModel, ids: &Tensor) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn score(a: ScoreBenchArgs) -> anyhow::Result<()> {
+pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.batch > 0 && a.seq > 1 && a.iters > 0,
         "batch, seq and iters must be positive (seq > 1)"

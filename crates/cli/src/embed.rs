@@ -1,0 +1,141 @@
+//! `ralm embed`: texts (.txt lines or a .jsonl field) → `.npy` f32 matrix `[n, d]`.
+
+use anyhow::{bail, Context};
+use candle_core::Device;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use ralm_models::bert::{BertEncoder, EncoderOptions, Pooling};
+use ralm_models::weights::write_atomic;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Arguments of `ralm embed`.
+#[derive(Args)]
+pub struct EmbedArgs {
+    /// HF BERT directory (config.json, model.safetensors, tokenizer.json or vocab.txt).
+    #[arg(long)]
+    model: PathBuf,
+    /// Input: `.txt` (one text per line) or `.jsonl` (see --field).
+    #[arg(long)]
+    input: PathBuf,
+    /// JSON field holding the text in `.jsonl` input.
+    #[arg(long, default_value = "text")]
+    field: String,
+    /// Output `.npy` file (f32, [n, d]).
+    #[arg(long)]
+    output: PathBuf,
+    /// Pooling over tokens: mean or cls.
+    #[arg(long, default_value = "mean")]
+    pooling: Pooling,
+    /// L2-normalise every vector.
+    #[arg(long)]
+    normalize: bool,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+}
+
+/// Runs `ralm embed`.
+pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
+    let texts = read_texts(&args.input, &args.field)?;
+    let options = EncoderOptions {
+        pooling: args.pooling,
+        normalize: args.normalize,
+        batch_size: args.batch_size,
+    };
+    let encoder = BertEncoder::load(&args.model, options, &Device::Cpu)?;
+    let dim = encoder.dim();
+
+    let bar = ProgressBar::new(texts.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} texts  {msg}  [{elapsed_precise}]")
+            .context("progress bar template")?,
+    );
+    let start = Instant::now();
+    let mut tokens = 0usize;
+    let mut data = Vec::with_capacity(texts.len() * dim);
+    // Chunks of several batches so length sorting still cuts padding.
+    for chunk in texts.chunks(args.batch_size.max(1) * 16) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let encodings = encoder.tokenize(&refs)?;
+        tokens += encodings.iter().map(|e| e.len()).sum::<usize>();
+        let vecs = encoder.encode_encodings(&encodings)?;
+        data.extend(vecs.flatten_all()?.to_vec1::<f32>()?);
+        bar.inc(chunk.len() as u64);
+        bar.set_message(format!(
+            "{:.0} tokens/s",
+            tokens as f64 / start.elapsed().as_secs_f64()
+        ));
+    }
+    bar.finish();
+    write_atomic(&args.output, &npy_f32(&data, texts.len(), dim))?;
+    eprintln!(
+        "wrote {} vectors of dim {dim} to {} ({tokens} tokens in {:.1} s)",
+        texts.len(),
+        args.output.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Texts of a `.txt` file (one per line) or of `field` in each line of a `.jsonl` file.
+fn read_texts(path: &Path, field: &str) -> anyhow::Result<Vec<String>> {
+    let content =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("txt") => Ok(content.lines().map(str::to_string).collect()),
+        Some("jsonl") => content
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, line)| {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .with_context(|| format!("{}:{}: invalid JSON", path.display(), i + 1))?;
+                match v.get(field).and_then(|t| t.as_str()) {
+                    Some(t) => Ok(t.to_string()),
+                    None => bail!("{}:{}: no string field `{field}`", path.display(), i + 1),
+                }
+            })
+            .collect(),
+        _ => bail!(
+            "{}: unsupported input extension (expected .txt or .jsonl)",
+            path.display()
+        ),
+    }
+}
+
+/// A version-1.0 `.npy` file holding little-endian f32 `data` of shape `[rows, cols]`.
+fn npy_f32(data: &[f32], rows: usize, cols: usize) -> Vec<u8> {
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    // Magic (6) + version (2) + length (2) + header + '\n' must be a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_header_is_aligned_and_data_follows() {
+        let bytes = npy_f32(&[1.0, -2.5, 3.0, 0.5, 0.0, 7.0], 2, 3);
+        let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        assert_eq!((10 + hlen) % 64, 0);
+        let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
+        assert!(header.contains("'shape': (2, 3)") && header.ends_with('\n'));
+        let body = &bytes[10 + hlen..];
+        assert_eq!(body.len(), 24);
+        assert_eq!(f32::from_le_bytes(body[4..8].try_into().unwrap()), -2.5);
+    }
+}
