@@ -5,6 +5,7 @@ mod embed;
 mod io;
 mod lm;
 mod plot;
+mod translate;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,10 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// Causal language-model commands.
     Lm(lm::LmArgs),
+    /// Translate sentences (one per line) with a Marian/Bergamot or Hugging Face Marian model.
+    Translate(translate::TranslateArgs),
+    /// Machine-translation utilities.
+    Mt(translate::MtArgs),
     /// Speed benchmarks.
     Bench(bench::BenchArgs),
 }
@@ -30,6 +35,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Command::Embed(args) => embed::run(args),
         Command::Lm(args) => lm::run(args),
+        Command::Translate(args) => translate::run(args),
+        Command::Mt(args) => translate::run_mt(args),
         Command::Bench(args) => bench::run(args),
     }
 }
