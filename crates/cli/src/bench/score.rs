@@ -2,7 +2,7 @@
 
 use crate::lm::load_model;
 use candle_core::{Device, Tensor};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use ralm_models::llama::LlamaModel;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -26,6 +26,17 @@ pub struct ScoreArgs {
     /// Timed iterations (after one warm-up).
     #[arg(long, default_value_t = 3)]
     iters: usize,
+    /// Which weight modes to measure.
+    #[arg(long, value_enum, default_value_t = Modes::Both)]
+    modes: Modes,
+}
+
+/// Weight modes measured by `bench score`.
+#[derive(Clone, Copy, ValueEnum)]
+enum Modes {
+    Both,
+    F32,
+    Quantized,
 }
 
 /// One scoring pass: all positions but the last predict their successor.
@@ -53,7 +64,12 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
         a.iters,
         candle_core::utils::get_num_threads()
     );
-    for quantized in [false, true] {
+    let modes: &[bool] = match a.modes {
+        Modes::Both => &[false, true],
+        Modes::F32 => &[false],
+        Modes::Quantized => &[true],
+    };
+    for &quantized in modes {
         let model = load_model(&a.model, quantized)?;
         let vocab = model.config().vocab_size as u32;
         // Deterministic pseudo-random ids (a fixed LCG) keep runs comparable.
