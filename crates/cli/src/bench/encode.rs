@@ -28,7 +28,6 @@ pub struct EncodeArgs {
     iters: usize,
 }
 
-
 /// Runs `ralm bench encode`.
 pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
     let dev = Device::Cpu;
