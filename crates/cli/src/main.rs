@@ -1,6 +1,8 @@
 //! The ralm command-line tool.
 
+mod generate;
 mod io;
+mod knnlm;
 mod plot;
 
 use clap::{Parser, Subcommand};
@@ -14,9 +16,18 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// kNN-LM datastores and evaluation.
+    #[command(subcommand)]
+    Knnlm(knnlm::KnnlmCommand),
+    /// Generate text with a causal LM, optionally mixed with a kNN-LM datastore.
+    Generate(generate::GenerateArgs),
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.cmd {}
+    match cli.cmd {
+        Command::Knnlm(c) => knnlm::run(&c),
+        Command::Generate(a) => generate::run(&a),
+    }
 }
