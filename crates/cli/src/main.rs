@@ -2,7 +2,9 @@
 
 mod bench;
 mod embed;
+mod generate;
 mod io;
+mod knnlm;
 mod lm;
 mod plot;
 mod translate;
@@ -23,6 +25,11 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// Causal language-model commands.
     Lm(lm::LmArgs),
+    /// kNN-LM datastores and evaluation.
+    #[command(subcommand)]
+    Knnlm(knnlm::KnnlmCommand),
+    /// Generate text with a causal LM, optionally mixed with a kNN-LM datastore.
+    Generate(generate::GenerateArgs),
     /// Translate sentences (one per line) with a Marian/Bergamot or Hugging Face Marian model.
     Translate(translate::TranslateArgs),
     /// Machine-translation utilities.
@@ -35,6 +42,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Command::Embed(args) => embed::run(args),
         Command::Lm(args) => lm::run(args),
+        Command::Knnlm(c) => knnlm::run(&c),
+        Command::Generate(a) => generate::run(&a),
         Command::Translate(args) => translate::run(args),
         Command::Mt(args) => translate::run_mt(args),
         Command::Bench(args) => bench::run(args),

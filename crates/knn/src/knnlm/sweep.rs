@@ -57,6 +57,28 @@ impl NeighbourCache {
         self.lm_log_probs.push(lm_log_prob);
     }
 
+    /// The same positions, targets and LM log-probabilities with other neighbours
+    /// (`len() × k` scores and tokens), e.g. from a smaller datastore.
+    pub fn with_neighbours(&self, k: usize, scores: Vec<f32>, tokens: Vec<u32>) -> Self {
+        assert_eq!(
+            scores.len(),
+            self.len() * k,
+            "scores must hold k per position"
+        );
+        assert_eq!(
+            tokens.len(),
+            self.len() * k,
+            "tokens must hold k per position"
+        );
+        Self {
+            k,
+            scores,
+            tokens,
+            targets: self.targets.clone(),
+            lm_log_probs: self.lm_log_probs.clone(),
+        }
+    }
+
     /// log p(target) of position `i` under the kNN-LM with the given λ and T.
     pub fn log_prob(&self, i: usize, lambda: f32, temperature: f32) -> f32 {
         let r = i * self.k..(i + 1) * self.k;
