@@ -8,6 +8,8 @@ use regex::{Regex, RegexBuilder};
 use tokenizers::NormalizedString;
 
 use crate::data::{AnswerKind, QaExample};
+use crate::error::{RealmError, Result};
+use crate::passages::Passage;
 
 static ARTICLES: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\b(a|an|the)\b").expect("static regex"));
@@ -231,4 +233,37 @@ pub fn first_hit<'a>(
     matcher: &AnswerMatcher,
 ) -> Option<usize> {
     ranked_texts.into_iter().position(|t| matcher.has_answer(t))
+}
+
+/// Recall@k of per-question rankings `(passage index, score)` over `passages`, judged by
+/// each question's answers with [`AnswerMatcher::has_answer`] on the passage text.
+pub fn rankings_recall(
+    questions: &[QaExample],
+    rankings: &[Vec<(usize, f32)>],
+    passages: &[Passage],
+    ks: &[usize],
+) -> Result<RecallAtK> {
+    if questions.len() != rankings.len() {
+        return Err(RealmError::Invalid(format!(
+            "{} questions but {} rankings",
+            questions.len(),
+            rankings.len()
+        )));
+    }
+    let mut recall = RecallAtK::new(ks);
+    for (q, ranking) in questions.iter().zip(rankings) {
+        let texts = ranking
+            .iter()
+            .map(|&(i, _)| passages.get(i).map(|p| p.text.as_str()))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                RealmError::Invalid(format!(
+                    "question {}: ranked a passage beyond the {} passages",
+                    q.id,
+                    passages.len()
+                ))
+            })?;
+        recall.add(first_hit(texts, &AnswerMatcher::for_example(q)));
+    }
+    Ok(recall)
 }

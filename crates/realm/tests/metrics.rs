@@ -1,10 +1,12 @@
 //! SQuAD metric behaviour (official evaluation script), DrQA regex matching, DPR has_answer.
 
 use ralm_realm::data::AnswerKind;
+use ralm_realm::data::QaExample;
 use ralm_realm::metrics::{
-    exact_match, f1_score, first_hit, has_answer, normalize_answer, regex_match, AnswerMatcher,
-    RecallAtK,
+    exact_match, f1_score, first_hit, has_answer, normalize_answer, rankings_recall, regex_match,
+    AnswerMatcher, RecallAtK,
 };
+use ralm_realm::passages::Passage;
 
 fn golds(answers: &[&str]) -> Vec<String> {
     answers.iter().map(|s| s.to_string()).collect()
@@ -110,4 +112,34 @@ fn python_style_escapes_of_non_ascii_characters_are_literal() {
     assert!(regex_match("about 134 degrees", pattern));
     assert!(!regex_match("56x6°C", pattern));
     assert!(regex_match(r"a\b", r"a\\b"));
+}
+
+#[test]
+fn recall_of_rankings_uses_passage_texts_and_checks_indices() {
+    let passages: Vec<Passage> = ["Paris is in France.", "Berlin is in Germany.", "Rome."]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Passage {
+            id: i.to_string(),
+            title: "Paris".into(),
+            text: t.to_string(),
+        })
+        .collect();
+    let q = |id: &str, answer: &str| QaExample {
+        id: id.into(),
+        question: "?".into(),
+        answers: vec![answer.into()],
+        kind: AnswerKind::Text,
+        gold_passage: None,
+    };
+    let questions = vec![q("a", "Germany"), q("b", "Madrid"), q("c", "Rome")];
+    let rankings = vec![vec![(0, 2.0), (1, 1.0)], vec![(0, 1.0)], vec![(2, 3.0)]];
+    let r = rankings_recall(&questions, &rankings, &passages, &[1, 2]).unwrap();
+    assert_eq!(r.recalls(), vec![(1, 1.0 / 3.0), (2, 2.0 / 3.0)]);
+    let bad = vec![vec![(7, 1.0)], vec![], vec![]];
+    let err = rankings_recall(&questions, &bad, &passages, &[1])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("question a"), "{err}");
+    assert!(rankings_recall(&questions, &bad[..1], &passages, &[1]).is_err());
 }
