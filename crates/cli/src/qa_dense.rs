@@ -222,7 +222,9 @@ fn spread_sample(examples: Vec<QaExample>, limit: usize) -> Vec<QaExample> {
         return examples;
     }
     let n = examples.len();
-    (0..limit).map(|i| examples[i * n / limit].clone()).collect()
+    (0..limit)
+        .map(|i| examples[i * n / limit].clone())
+        .collect()
 }
 
 fn eval_questions(a: &EvalArgs) -> anyhow::Result<Vec<QaExample>> {

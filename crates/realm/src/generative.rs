@@ -144,8 +144,7 @@ impl GenerativeReader {
             }
             out.push(next);
             text = self.tokenizer.decode(&out)?;
-            if ANSWER_END.find(&text).is_some_and(|m| m.end() < text.len()) || text.contains('\n')
-            {
+            if ANSWER_END.find(&text).is_some_and(|m| m.end() < text.len()) || text.contains('\n') {
                 break;
             }
             let input = Tensor::new(&[next], self.model.device())?.unsqueeze(0)?;

@@ -84,7 +84,10 @@ pub enum Outcome {
     Reused,
 }
 
-fn inputs_hash(sources: &CorpusSources, encoder: &serde_json::Value) -> Result<(String, Vec<String>)> {
+fn inputs_hash(
+    sources: &CorpusSources,
+    encoder: &serde_json::Value,
+) -> Result<(String, Vec<String>)> {
     let mut parts = vec![format!("max_wordpieces={}", sources.max_wordpieces)];
     let mut names = Vec::new();
     for (name, path) in [("squad", &sources.squad), ("wiki", &sources.wiki)] {
@@ -100,7 +103,10 @@ fn inputs_hash(sources: &CorpusSources, encoder: &serde_json::Value) -> Result<(
     }
     parts.push(format!("tokenizer={}", file_sha256(&sources.tokenizer)?));
     parts.push(format!("encoder={encoder}"));
-    Ok((ralm_models::hash::sha256_hex(parts.join("\n").as_bytes()), names))
+    Ok((
+        ralm_models::hash::sha256_hex(parts.join("\n").as_bytes()),
+        names,
+    ))
 }
 
 fn read_manifest(dir: &Path) -> Result<QaManifest> {
@@ -149,7 +155,12 @@ pub fn build_or_reuse(
     })?;
     let passages_sha256 = file_sha256(&passages_path)?;
     let vectors = embed(&passages, encoder, progress)?;
-    write_vectors(&dir.join(VECTORS_FILE), passages.len(), encoder.dim(), &vectors)?;
+    write_vectors(
+        &dir.join(VECTORS_FILE),
+        passages.len(),
+        encoder.dim(),
+        &vectors,
+    )?;
     publish_dense(dir, encoder, &passages_sha256, &vectors)?;
 
     let manifest = QaManifest {

@@ -17,7 +17,10 @@ fn minilm() -> Option<PathBuf> {
     if dir.join("model.safetensors").is_file() {
         Some(dir)
     } else {
-        eprintln!("skipping: {} is absent (run scripts/setup.sh)", dir.display());
+        eprintln!(
+            "skipping: {} is absent (run scripts/setup.sh)",
+            dir.display()
+        );
         None
     }
 }
@@ -30,7 +33,10 @@ fn smollm2() -> Option<PathBuf> {
     if path.is_file() {
         Some(path)
     } else {
-        eprintln!("skipping: {} is absent (run scripts/setup.sh)", path.display());
+        eprintln!(
+            "skipping: {} is absent (run scripts/setup.sh)",
+            path.display()
+        );
         None
     }
 }
@@ -107,8 +113,14 @@ fn index_is_reused_refused_for_another_encoder_and_retrieves_the_obvious_passage
     let index = QaIndex::open(&out, &enc).unwrap();
     assert_eq!(index.passages().len(), CORPUS.len());
     for (question, title) in [
-        ("Which is the tallest mountain in the world?", "Mount Everest"),
-        ("Who wrote the Brandenburg Concertos?", "Johann Sebastian Bach"),
+        (
+            "Which is the tallest mountain in the world?",
+            "Mount Everest",
+        ),
+        (
+            "Who wrote the Brandenburg Concertos?",
+            "Johann Sebastian Bach",
+        ),
         ("How do plants make sugar from light?", "Photosynthesis"),
     ] {
         for kind in [RetrieverKind::Dense, RetrieverKind::Hybrid] {
