@@ -1,5 +1,6 @@
 //! The `ralm` command-line tool.
 
+mod ask;
 mod bench;
 mod embed;
 mod generate;
@@ -7,6 +8,8 @@ mod io;
 mod knnlm;
 mod lm;
 mod plot;
+mod qa;
+mod qa_dense;
 mod translate;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +24,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Answer a question from a QA index (retrieve, read, marginalise).
+    Ask(ask::AskArgs),
+    /// Open-domain QA: indexes, corpora, retrieval and reader evaluation.
+    Qa(qa_dense::QaArgs),
     /// Embed texts with a BERT encoder into a .npy matrix.
     Embed(embed::EmbedArgs),
     /// Causal language-model commands.
@@ -40,6 +47,8 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
+        Command::Ask(a) => ask::run(a),
+        Command::Qa(a) => qa_dense::run(a),
         Command::Embed(args) => embed::run(args),
         Command::Lm(args) => lm::run(args),
         Command::Knnlm(c) => knnlm::run(&c),

@@ -16,15 +16,8 @@ use ralm_realm::passages::{
     build_corpus, read_passages, write_passages, Chunker, WordPieceCounter,
 };
 
-/// Arguments of `ralm qa`.
-#[derive(Args)]
-pub struct QaArgs {
-    #[command(subcommand)]
-    cmd: QaCommand,
-}
-
 #[derive(Subcommand)]
-enum QaCommand {
+pub(crate) enum QaCommand {
     /// Chunk squad-open paragraphs and Wikipedia summaries (plus optional extra documents)
     /// into passages of at most 288 wordpieces.
     BuildCorpus(BuildCorpusArgs),
@@ -130,8 +123,8 @@ struct EvalRetrievalArgs {
 }
 
 /// Runs `ralm qa`.
-pub fn run(args: QaArgs) -> anyhow::Result<()> {
-    match args.cmd {
+pub(crate) fn run(cmd: QaCommand) -> anyhow::Result<()> {
+    match cmd {
         QaCommand::BuildCorpus(a) => build_corpus_cmd(a),
         QaCommand::Bm25(a) => bm25_cmd(a),
         QaCommand::EvalRetrieval(a) => eval_retrieval_cmd(a),

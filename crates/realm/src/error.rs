@@ -23,6 +23,15 @@ pub enum RealmError {
     /// A caller passed an argument that cannot be used.
     #[error("{0}")]
     Invalid(String),
+    /// Loading or running a model (encoder or reader) failed.
+    #[error(transparent)]
+    Model(#[from] ralm_models::ModelError),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+    /// A nearest-neighbour index failed, or does not match what was expected of it.
+    #[error(transparent)]
+    Vectors(#[from] ralm_index::IndexError),
 }
 
 impl RealmError {

@@ -1,13 +1,19 @@
 //! REALM: retriever, reader, open-domain QA and pre-training.
 //!
-//! This first layer has no model dependency: dataset readers ([`data`]), REALM-style passage
+//! The model-free layer: dataset readers ([`data`]), REALM-style passage
 //! chunking ([`passages`]), answer metrics ([`metrics`]) and a BM25 baseline ([`bm25`]).
+//! On top: the dense retriever ([`retriever`]), QA index directories ([`qa_index`]), the
+//! generative reader ([`generative`]) and end-to-end question answering ([`ask`]).
 
+pub mod ask;
 pub mod bm25;
 pub mod data;
 pub mod error;
 mod fsutil;
+pub mod generative;
 pub mod metrics;
 pub mod passages;
+pub mod qa_index;
+pub mod retriever;
 
 pub use error::{RealmError, Result};

@@ -1,0 +1,344 @@
+//! `ralm qa index` (passages → dense + BM25 QA index) and `ralm qa eval` (retrieval recall and
+//! generative-reader EM/F1 on an open-domain QA dataset).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::Device;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use ralm_models::bert::Pooling;
+use ralm_realm::ask::{retrieve, QaSystem, RetrieverKind, DEFAULT_SCORE_SCALE};
+use ralm_realm::data::{shared_data_dir, split_by_article, Dataset, QaExample};
+use ralm_realm::generative::GenerativeReader;
+use ralm_realm::metrics::{exact_match, f1_score, first_hit, AnswerMatcher, RecallAtK};
+use ralm_realm::passages::{read_passages, MAX_PASSAGE_WORDPIECES};
+use ralm_realm::qa_index::{build_or_reuse, BuildEvent, CorpusSources, Outcome, QaIndex};
+use ralm_realm::retriever::DenseEncoder;
+use serde_json::json;
+
+/// Open-domain QA indexes and evaluation.
+#[derive(Args)]
+pub struct QaArgs {
+    #[command(subcommand)]
+    cmd: QaCommand,
+}
+
+#[derive(Subcommand)]
+enum QaCommand {
+    /// Chunk passages and build the dense (MiniLM) and BM25 indexes.
+    Index(IndexArgs),
+    /// Retrieval recall@1/5/20 and reader EM/F1 on a QA dataset.
+    Eval(EvalArgs),
+    #[command(flatten)]
+    Lexical(crate::qa::QaCommand),
+}
+
+/// Where the encoder and reader models are.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// HF BERT directory of the dense encoder.
+    #[arg(long, default_value = "models/minilm")]
+    pub encoder: PathBuf,
+    /// Pooling of the encoder (`mean` as sentence-transformers, or `cls`).
+    #[arg(long, default_value = "mean")]
+    pub pooling: Pooling,
+    /// Sequences per encoder forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+}
+
+impl ModelArgs {
+    /// Loads the dense encoder on the CPU.
+    pub fn encoder(&self) -> anyhow::Result<DenseEncoder> {
+        DenseEncoder::load(&self.encoder, self.pooling, self.batch, &Device::Cpu)
+            .with_context(|| format!("loading encoder {}", self.encoder.display()))
+    }
+}
+
+/// Reader and retrieval options of `ask` and `qa eval`.
+#[derive(Args, Clone)]
+pub struct ReaderArgs {
+    /// GGUF file of the generative reader.
+    #[arg(long, default_value = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    pub reader: PathBuf,
+    /// Passages read per question.
+    #[arg(long, default_value_t = 5)]
+    pub k: usize,
+    /// Retriever: bm25, dense or hybrid.
+    #[arg(long, default_value = "dense")]
+    pub retriever: RetrieverKind,
+    /// Scale of inner products in p(z|x) = softmax(scale · q·d).
+    #[arg(long, default_value_t = DEFAULT_SCORE_SCALE)]
+    pub scale: f64,
+}
+
+impl ReaderArgs {
+    /// Opens the QA index in `dir` with the models named by `models` and `self`.
+    pub fn system(&self, dir: &Path, models: &ModelArgs) -> anyhow::Result<QaSystem> {
+        let encoder = models.encoder()?;
+        let index = QaIndex::open(dir, &encoder)
+            .with_context(|| format!("opening QA index {}", dir.display()))?;
+        let reader = GenerativeReader::load(&self.reader, &Device::Cpu)
+            .with_context(|| format!("loading reader {}", self.reader.display()))?;
+        Ok(QaSystem {
+            index,
+            encoder,
+            reader,
+            score_scale: self.scale,
+        })
+    }
+}
+
+#[derive(Args)]
+struct IndexArgs {
+    /// Output directory.
+    #[arg(long, default_value = "runs/qa/wiki")]
+    out: PathBuf,
+    /// Wikipedia summaries JSON.
+    #[arg(long, default_value = "corpora/wiki/summaries_en-us.json")]
+    wiki: PathBuf,
+    /// Leave the Wikipedia corpus out (needs --with-squad).
+    #[arg(long)]
+    no_wiki: bool,
+    /// Add the squad-open passages (shared data) before the Wikipedia ones.
+    #[arg(long)]
+    with_squad: bool,
+    /// Most wordpieces per passage (title + text).
+    #[arg(long, default_value_t = MAX_PASSAGE_WORDPIECES)]
+    max_wordpieces: usize,
+    #[command(flatten)]
+    models: ModelArgs,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// QA index directory (build it with `ralm qa index`).
+    #[arg(long, default_value = "runs/qa/squad")]
+    index: PathBuf,
+    /// squad-open (eval articles of split_by_article), entityquestions or webquestions.
+    #[arg(long, default_value = "squad-open")]
+    dataset: Dataset,
+    /// Questions for retrieval recall (an evenly spaced sample; 0 = all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    /// Questions (the first of the sample) answered by the generative reader; 0 = none.
+    #[arg(long, default_value_t = 200)]
+    reader_limit: usize,
+    /// Seed of split_by_article (squad-open).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+    #[command(flatten)]
+    models: ModelArgs,
+    #[command(flatten)]
+    reader: ReaderArgs,
+}
+
+/// A progress bar showing position, rate and ETA.
+pub fn bar(len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what:<10} [{{bar:30}}] {{pos}}/{{len}} {{per_sec}} {{msg}} ETA {{eta}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+/// Runs `ralm qa ...`.
+pub fn run(args: QaArgs) -> anyhow::Result<()> {
+    match args.cmd {
+        QaCommand::Index(a) => index(a),
+        QaCommand::Eval(a) => eval(a),
+        QaCommand::Lexical(c) => crate::qa::run(c),
+    }
+}
+
+fn squad_passages_path() -> PathBuf {
+    shared_data_dir()
+        .join("qa")
+        .join("squad-open")
+        .join("passages.jsonl")
+}
+
+fn index(a: IndexArgs) -> anyhow::Result<()> {
+    if a.no_wiki && !a.with_squad {
+        anyhow::bail!("--no-wiki leaves no passages: add --with-squad");
+    }
+    let sources = CorpusSources {
+        wiki: (!a.no_wiki).then(|| a.wiki.clone()),
+        squad: a.with_squad.then(squad_passages_path),
+        tokenizer: a.models.encoder.join("tokenizer.json"),
+        max_wordpieces: a.max_wordpieces,
+    };
+    let encoder = a.models.encoder()?;
+    let start = Instant::now();
+    let mut bm25_bar: Option<ProgressBar> = None;
+    let mut dense_bar: Option<ProgressBar> = None;
+    let mut on_event = |e: BuildEvent| match e {
+        BuildEvent::Chunked { passages } => eprintln!("chunked into {passages} passages"),
+        BuildEvent::Bm25 { done, total } => {
+            let pb = bm25_bar.get_or_insert_with(|| bar(total, "bm25"));
+            pb.set_position(done as u64);
+        }
+        BuildEvent::Encoded {
+            done,
+            total,
+            tokens,
+        } => {
+            if let Some(pb) = bm25_bar.take() {
+                pb.finish();
+            }
+            let pb = dense_bar.get_or_insert_with(|| bar(total, "embed"));
+            pb.set_position(done as u64);
+            let secs = pb.elapsed().as_secs_f64().max(1e-9);
+            pb.set_message(format!("{:.0} tokens/s", tokens as f64 / secs));
+        }
+    };
+    let outcome = build_or_reuse(&a.out, &sources, &encoder, &mut on_event)?;
+    if let Some(pb) = dense_bar.take() {
+        pb.finish();
+    }
+    match outcome {
+        Outcome::Reused => eprintln!(
+            "{}: index already built from the same inputs and encoder; reusing it",
+            a.out.display()
+        ),
+        Outcome::Built => eprintln!(
+            "{}: QA index built in {:.1}s",
+            a.out.display(),
+            start.elapsed().as_secs_f64()
+        ),
+    }
+    Ok(())
+}
+
+/// Every `n / limit`-th example (all when `limit` is 0 or at least `n`).
+fn spread_sample(examples: Vec<QaExample>, limit: usize) -> Vec<QaExample> {
+    if limit == 0 || limit >= examples.len() {
+        return examples;
+    }
+    let n = examples.len();
+    (0..limit)
+        .map(|i| examples[i * n / limit].clone())
+        .collect()
+}
+
+fn eval_questions(a: &EvalArgs) -> anyhow::Result<Vec<QaExample>> {
+    let data = shared_data_dir();
+    let examples = a
+        .dataset
+        .load(&data)
+        .with_context(|| format!("loading {}", a.dataset.path(&data).display()))?;
+    let examples = match a.dataset {
+        Dataset::SquadOpen => {
+            let passages = read_passages(&squad_passages_path())?;
+            split_by_article(
+                &examples,
+                &passages,
+                ralm_realm::data::SQUAD_EVAL_ARTICLES,
+                a.seed,
+            )?
+            .eval
+        }
+        _ => examples,
+    };
+    Ok(spread_sample(examples, a.limit))
+}
+
+const RECALL_KS: [usize; 3] = [1, 5, 20];
+
+fn eval(a: EvalArgs) -> anyhow::Result<()> {
+    let questions = eval_questions(&a)?;
+    let system = a.reader.system(&a.index, &a.models)?;
+    let passages = system.index.passages();
+    eprintln!(
+        "{} questions, {} passages ({})",
+        questions.len(),
+        passages.len(),
+        a.index.display()
+    );
+    let mut results = serde_json::Map::new();
+    for kind in [
+        RetrieverKind::Bm25,
+        RetrieverKind::Dense,
+        RetrieverKind::Hybrid,
+    ] {
+        let pb = bar(questions.len(), &format!("{kind:?}"));
+        let start = Instant::now();
+        let mut recall = RecallAtK::new(&RECALL_KS);
+        for ex in &questions {
+            let r = retrieve(&system.index, &system.encoder, &ex.question, 20, kind)?;
+            let matcher = AnswerMatcher::for_example(ex);
+            recall.add(first_hit(
+                r.hits.iter().map(|&(i, _)| passages[i].text.as_str()),
+                &matcher,
+            ));
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        let qps = questions.len() as f64 / start.elapsed().as_secs_f64();
+        let recalls = recall.recalls();
+        println!(
+            "{kind:?}: {} ({qps:.1} questions/s)",
+            recalls
+                .iter()
+                .map(|(k, r)| format!("R@{k} {:.1}%", 100.0 * r))
+                .collect::<Vec<_>>()
+                .join("  ")
+        );
+        let recall_json: serde_json::Map<String, serde_json::Value> = recalls
+            .iter()
+            .map(|(k, r)| (format!("@{k}"), json!(r)))
+            .collect();
+        results.insert(
+            format!("{kind:?}").to_lowercase(),
+            json!({"recall": recall_json, "questions_per_s": qps}),
+        );
+    }
+    let n_read = a.reader_limit.min(questions.len());
+    if n_read > 0 {
+        let pb = bar(n_read, "reader");
+        let start = Instant::now();
+        let (mut em, mut f1) = (0.0, 0.0);
+        let mut predictions = Vec::new();
+        for ex in &questions[..n_read] {
+            let r = system.ask(&ex.question, a.reader.k, a.reader.retriever)?;
+            let answer = r.answer.map(|s| s.text).unwrap_or_default();
+            em += exact_match(&answer, &ex.answers);
+            f1 += f1_score(&answer, &ex.answers);
+            predictions.push(json!({"id": ex.id, "question": ex.question, "prediction": answer, "answers": ex.answers}));
+            pb.inc(1);
+            pb.set_message(format!("EM {:.1}%", 100.0 * em / predictions.len() as f64));
+        }
+        pb.finish_and_clear();
+        let qps = n_read as f64 / start.elapsed().as_secs_f64();
+        let (em, f1) = (em / n_read as f64, f1 / n_read as f64);
+        println!(
+            "reader ({:?}, k={}): EM {:.1}%  F1 {:.1}% on {n_read} questions ({qps:.2} questions/s)",
+            a.reader.retriever,
+            a.reader.k,
+            100.0 * em,
+            100.0 * f1
+        );
+        results.insert(
+            "reader".into(),
+            json!({"retriever": a.reader.retriever, "k": a.reader.k, "questions": n_read,
+                   "em": em, "f1": f1, "questions_per_s": qps, "predictions": predictions}),
+        );
+    }
+    if let Some(path) = &a.json_out {
+        results.insert("dataset".into(), json!(format!("{:?}", a.dataset)));
+        results.insert("questions".into(), json!(questions.len()));
+        results.insert("passages".into(), json!(passages.len()));
+        let bytes = serde_json::to_vec_pretty(&serde_json::Value::Object(results))?;
+        crate::io::write_atomic(path, &bytes)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! Open-domain question answering end to end: retrieve the top-k passages, read each with the
+//! generative reader, and marginalise the answers over the passages:
+//! `score(a) = Σ_z p(z|x) · p(a|x,z)`.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use crate::error::{RealmError, Result};
+use crate::generative::GenerativeReader;
+use crate::metrics::normalize_answer;
+use crate::qa_index::QaIndex;
+use crate::retriever::DenseEncoder;
+
+/// Default scale of inner products in `p(z|x) = softmax(scale · q·d)`: the 20 that
+/// sentence-transformers trains MiniLM's cosine similarities with.
+pub const DEFAULT_SCORE_SCALE: f64 = 20.0;
+
+/// Which retriever picks the passages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetrieverKind {
+    Bm25,
+    Dense,
+    /// BM25 top-k ∪ dense top-k, re-scored by the dense inner product.
+    Hybrid,
+}
+
+impl FromStr for RetrieverKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "bm25" => Ok(Self::Bm25),
+            "dense" => Ok(Self::Dense),
+            "hybrid" => Ok(Self::Hybrid),
+            _ => Err(format!(
+                "unknown retriever `{s}` (expected bm25, dense or hybrid)"
+            )),
+        }
+    }
+}
+
+/// `softmax(scale · scores)` as f64.
+pub fn passage_posterior(scores: &[f32], scale: f64) -> Vec<f64> {
+    let max = scores
+        .iter()
+        .map(|&s| s as f64 * scale)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = scores
+        .iter()
+        .map(|&s| (s as f64 * scale - max).exp())
+        .collect();
+    let z: f64 = e.iter().sum();
+    e.into_iter().map(|x| x / z).collect()
+}
+
+/// Candidate answers grouped by their normalised form; each group is represented by the
+/// text of its first member. Answers that normalise to nothing are dropped.
+pub fn group_answers(answers: &[String]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for a in answers {
+        let key = normalize_answer(a);
+        if !key.is_empty() && seen.insert(key) {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
+/// An answer with its marginal probability.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScoredAnswer {
+    pub text: String,
+    /// `Σ_z p(z|x) · p(a|x,z)`.
+    pub prob: f64,
+}
+
+/// `Σ_z p_z[z] · exp(logp[a][z])` for each candidate `a`, most probable first.
+pub fn marginalize(p_z: &[f64], candidates: &[String], logp: &[Vec<f64>]) -> Vec<ScoredAnswer> {
+    let mut out: Vec<ScoredAnswer> = candidates
+        .iter()
+        .zip(logp)
+        .map(|(text, lp)| ScoredAnswer {
+            text: text.clone(),
+            prob: p_z.iter().zip(lp).map(|(p, l)| p * l.exp()).sum(),
+        })
+        .collect();
+    out.sort_by(|a, b| b.prob.total_cmp(&a.prob));
+    out
+}
+
+/// A retrieved passage as evidence for the answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evidence {
+    pub id: String,
+    pub title: String,
+    pub text: String,
+    /// Dense inner product with the question.
+    pub score: f32,
+    /// `p(z|x)`.
+    pub prob: f64,
+    /// What the reader answered from this passage alone.
+    pub reader_answer: String,
+}
+
+/// Everything `ask` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct AskResult {
+    pub question: String,
+    pub retriever: RetrieverKind,
+    /// The best answer (`None` when no passage yielded one).
+    pub answer: Option<ScoredAnswer>,
+    /// All candidate answers, most probable first.
+    pub answers: Vec<ScoredAnswer>,
+    pub evidence: Vec<Evidence>,
+    pub warnings: Vec<String>,
+}
+
+/// A QA index, the question encoder that matches it, and a reader.
+pub struct QaSystem {
+    pub index: QaIndex,
+    pub encoder: DenseEncoder,
+    pub reader: GenerativeReader,
+    /// Scale of inner products in `p(z|x)`.
+    pub score_scale: f64,
+}
+
+/// Passages retrieved for one question: `(passage index, dense inner product)`, best first.
+pub struct Retrieved {
+    pub question: String,
+    pub hits: Vec<(usize, f32)>,
+    pub warnings: Vec<String>,
+}
+
+/// Retrieves the top-`k` passages for `question` with `kind`; every hit is scored by its dense
+/// inner product (BM25 hits keep BM25's order).
+pub fn retrieve(
+    index: &QaIndex,
+    encoder: &DenseEncoder,
+    question: &str,
+    k: usize,
+    kind: RetrieverKind,
+) -> Result<Retrieved> {
+    if k == 0 {
+        return Err(RealmError::Invalid("k must be at least 1".into()));
+    }
+    let q = encoder.check_question(question)?;
+    let query = encoder.encode_questions(&[&q.text])?;
+    let hits = match kind {
+        RetrieverKind::Dense => index.dense(&query, k)?,
+        RetrieverKind::Hybrid => index.hybrid(&q.text, &query, k)?,
+        RetrieverKind::Bm25 => index
+            .bm25(&q.text, k)?
+            .into_iter()
+            .map(|(i, _)| (i, index.score(&query, i)))
+            .collect(),
+    };
+    Ok(Retrieved {
+        question: q.text,
+        hits,
+        warnings: q.warning.into_iter().collect(),
+    })
+}
+
+impl QaSystem {
+    /// Answers `question` from its top-`k` passages.
+    pub fn ask(&self, question: &str, k: usize, kind: RetrieverKind) -> Result<AskResult> {
+        let r = retrieve(&self.index, &self.encoder, question, k, kind)?;
+        let scores: Vec<f32> = r.hits.iter().map(|h| h.1).collect();
+        let p_z = passage_posterior(&scores, self.score_scale);
+        let passages = self.index.passages();
+        let primed = r
+            .hits
+            .iter()
+            .map(|&(i, _)| self.reader.prime(&r.question, &passages[i]))
+            .collect::<Result<Vec<_>>>()?;
+        let reader_answers = primed
+            .iter()
+            .map(|p| self.reader.generate(p))
+            .collect::<Result<Vec<_>>>()?;
+        let candidates = group_answers(&reader_answers);
+        let logp = candidates
+            .iter()
+            .map(|a| {
+                primed
+                    .iter()
+                    .map(|p| self.reader.score(p, a))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let answers = marginalize(&p_z, &candidates, &logp);
+        let evidence = r
+            .hits
+            .iter()
+            .zip(&p_z)
+            .zip(reader_answers)
+            .map(|((&(i, score), &prob), reader_answer)| Evidence {
+                id: passages[i].id.clone(),
+                title: passages[i].title.clone(),
+                text: passages[i].text.clone(),
+                score,
+                prob,
+                reader_answer,
+            })
+            .collect();
+        Ok(AskResult {
+            question: r.question,
+            retriever: kind,
+            answer: answers.first().cloned(),
+            answers,
+            evidence,
+            warnings: r.warnings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marginalisation_sums_over_passages() {
+        // Two passages with p(z|x) = 0.75 / 0.25; answer A has p = 0.5 under z1 and 0.1 under
+        // z2, answer B 0.2 and 0.9: A = 0.375 + 0.025 = 0.4, B = 0.15 + 0.225 = 0.375.
+        let p_z = [0.75, 0.25];
+        let cands = vec!["A".to_string(), "B".to_string()];
+        let logp = vec![
+            vec![0.5f64.ln(), 0.1f64.ln()],
+            vec![0.2f64.ln(), 0.9f64.ln()],
+        ];
+        let got = marginalize(&p_z, &cands, &logp);
+        assert_eq!(got[0].text, "A");
+        assert!((got[0].prob - 0.4).abs() < 1e-12);
+        assert!((got[1].prob - 0.375).abs() < 1e-12);
+        // Weights swapped: B = 0.25·0.2 + 0.75·0.9 = 0.725 wins, A = 0.25·0.5 + 0.75·0.1 = 0.2.
+        let got = marginalize(&[0.25, 0.75], &cands, &logp);
+        assert_eq!(got[0].text, "B");
+        assert!((got[1].prob - 0.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn identical_normalised_answers_form_one_group() {
+        let answers = ["The Eiffel Tower", "eiffel tower.", "Paris", "", "the"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(group_answers(&answers), vec!["The Eiffel Tower", "Paris"]);
+    }
+
+    #[test]
+    fn posterior_is_a_scaled_softmax() {
+        let p = passage_posterior(&[0.5, 0.4, 0.4], 20.0);
+        let e = (-2.0f64).exp();
+        assert!((p[0] - 1.0 / (1.0 + 2.0 * e)).abs() < 1e-6);
+        assert!((p[1] - p[2]).abs() < 1e-15);
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+}
