@@ -35,7 +35,7 @@ fn squad_passages_path() -> PathBuf {
 }
 
 #[derive(Args)]
-struct BuildCorpusArgs {
+pub(crate) struct BuildCorpusArgs {
     /// Output passages JSONL.
     #[arg(long, default_value = DEFAULT_PASSAGES)]
     out: PathBuf,
@@ -63,7 +63,7 @@ struct BuildCorpusArgs {
 }
 
 #[derive(Args)]
-struct Bm25Args {
+pub(crate) struct Bm25Args {
     /// Passages JSONL to index.
     #[arg(long, default_value = DEFAULT_PASSAGES)]
     passages: PathBuf,
@@ -89,7 +89,7 @@ enum Split {
 }
 
 #[derive(Args)]
-struct EvalRetrievalArgs {
+pub(crate) struct EvalRetrievalArgs {
     #[arg(long, value_enum, default_value = "bm25")]
     retriever: Retriever,
     /// squad-open, entityquestions, webquestions or curatedtrec.
