@@ -7,7 +7,7 @@ use super::model::BertModel;
 use super::nn::Mode;
 use super::pooling::{l2_normalize, Pooling};
 use super::tokenizer::{load_tokenizer, TokenBatch};
-use crate::weights::sha256_file;
+use crate::hash::file_sha256;
 use crate::{ModelError, Result};
 use candle_core::{Device, Module, Tensor};
 use candle_nn::Linear;
@@ -123,12 +123,12 @@ impl BertEncoder {
 
     /// SHA-256 (hex) of the weights file.
     pub fn model_hash(&self) -> Result<String> {
-        sha256_file(&self.weights_path)
+        file_sha256(&self.weights_path)
     }
 
     /// SHA-256 (hex) of the tokenizer file (`tokenizer.json` or `vocab.txt`).
     pub fn tokenizer_hash(&self) -> Result<String> {
-        sha256_file(&self.tokenizer_path)
+        file_sha256(&self.tokenizer_path)
     }
 
     /// Tokenizes single texts: ids, token types and character offsets for span extraction.
