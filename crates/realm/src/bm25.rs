@@ -1,13 +1,10 @@
 //! A BM25 passage index on tantivy, stored as a directory with a `manifest.json` that ties it
 //! to the exact passages file it was built from.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tantivy::collector::TopDocs;
 use tantivy::columnar::Column;
 use tantivy::query::BooleanQuery;
@@ -47,21 +44,7 @@ pub struct Manifest {
 
 /// SHA-256 of a file's bytes, hex-encoded.
 pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut file = File::open(path).map_err(|e| RealmError::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| RealmError::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(ralm_models::hash::file_sha256(path)?)
 }
 
 /// English analysis: split on non-alphanumerics, drop long tokens, lowercase, drop stop
