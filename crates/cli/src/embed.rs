@@ -3,7 +3,6 @@
 use anyhow::{bail, Context};
 use candle_core::Device;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use ralm_models::bert::{BertEncoder, EncoderOptions, Pooling};
 use ralm_models::weights::write_atomic;
 use std::path::{Path, PathBuf};
@@ -46,10 +45,9 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     let encoder = BertEncoder::load(&args.model, options, &Device::Cpu)?;
     let dim = encoder.dim();
 
-    let bar = ProgressBar::new(texts.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} texts  {msg}  [{elapsed_precise}]")
-            .context("progress bar template")?,
+    let bar = crate::progress::bar(
+        texts.len() as u64,
+        "{bar:40} {pos}/{len} texts  {msg}  [{elapsed_precise}]",
     );
     let start = Instant::now();
     let mut tokens = 0usize;

@@ -3,7 +3,6 @@
 use anyhow::Context;
 use candle_core::Device;
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use ralm_models::bpe::LmTokenizer;
 use ralm_models::llama::{LlamaModel, ScoreOptions, WeightMode};
 use std::path::{Path, PathBuf};
@@ -90,10 +89,10 @@ fn score(a: ScoreArgs) -> anyhow::Result<()> {
         batch: a.batch,
         keys: None,
     };
-    let bar = ProgressBar::new(ids.len() as u64 - 1);
-    bar.set_style(ProgressStyle::with_template(
+    let bar = crate::progress::bar(
+        ids.len() as u64 - 1,
         "{bar:40} {pos}/{len} tokens  {per_sec}  ETA {eta}",
-    )?);
+    );
     let start = Instant::now();
     let scores =
         model.score_windows_with_progress(&ids, &opts, &mut |n| bar.set_position(n as u64))?;

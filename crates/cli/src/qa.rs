@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use ralm_realm::bm25::Bm25Index;
 use ralm_realm::data::{
     read_jsonl_field, read_text_document, read_wiki_summaries, repo_root, shared_data_dir,
@@ -189,9 +188,10 @@ fn build_corpus_cmd(a: BuildCorpusArgs) -> anyhow::Result<()> {
 
 fn bm25_cmd(a: Bm25Args) -> anyhow::Result<()> {
     create_parent(&a.index)?;
-    let bar = ProgressBar::new(0).with_style(ProgressStyle::with_template(
+    let bar = crate::progress::bar(
+        0,
         "indexing {bar:40} {pos}/{len} passages {per_sec} eta {eta}",
-    )?);
+    );
     let started = Instant::now();
     let manifest = Bm25Index::build(&a.passages, &a.index, |done, total| {
         bar.set_length(total as u64);

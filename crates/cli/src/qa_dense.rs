@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::Device;
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use ralm_models::bert::Pooling;
 use ralm_realm::ask::{retrieve, QaSystem, RetrieverKind, DEFAULT_SCORE_SCALE};
 use ralm_realm::data::{shared_data_dir, split_by_article, Dataset, QaExample};
@@ -140,15 +140,12 @@ struct EvalArgs {
 
 /// A progress bar showing position, rate and ETA.
 pub fn bar(len: usize, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len as u64);
-    pb.set_style(
-        ProgressStyle::with_template(&format!(
+    crate::progress::bar(
+        len as u64,
+        &format!(
             "{{spinner}} {what:<10} [{{bar:30}}] {{pos}}/{{len}} {{per_sec}} {{msg}} ETA {{eta}}"
-        ))
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    pb
+        ),
+    )
 }
 
 /// Runs `ralm qa ...`.

@@ -4,6 +4,7 @@
 pub mod bert;
 pub mod bpe;
 pub mod error;
+pub mod fast_ops;
 pub mod gguf;
 pub mod hash;
 pub mod llama;

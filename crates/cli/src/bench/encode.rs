@@ -5,7 +5,6 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use ralm_models::bert::{BertModel, Mode};
 use std::path::PathBuf;
-use std::time::Instant;
 
 /// PyTorch f32 MiniLM encoding on the project's 2-core reference machine, measured elsewhere
 /// (batch 32 × 128 tokens).
@@ -49,20 +48,26 @@ pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
     let mask = Tensor::ones((b, t), candle_core::DType::F32, &dev)?;
     let run = || model.forward(&ids, &types, &mask, Mode::Inference);
     run()?;
-    let start = Instant::now();
+    let timer = super::Timer::start();
     for _ in 0..args.iters {
         run()?;
     }
-    let secs = start.elapsed().as_secs_f64();
-    let tps = (b * t * args.iters) as f64 / secs;
+    let (wall, cpu) = timer.elapsed();
     println!(
-        "encode {}: batch {b} x {t} tokens, {} iters in {secs:.2} s: {tps:.0} tokens/s",
+        "encode {}: batch {b} x {t} tokens, {} iters in {wall:.2} s; PyTorch f32 reference \
+         {PYTORCH_ENCODE_TOKENS_PER_S:.0} tokens/s (measured elsewhere on the 2-core machine)",
         args.model.display(),
         args.iters
     );
     println!(
-        "ratio vs PyTorch f32 reference ({PYTORCH_ENCODE_TOKENS_PER_S:.0} tokens/s, measured elsewhere): {:.2}x",
-        tps / PYTORCH_ENCODE_TOKENS_PER_S
+        "{}",
+        super::report(
+            "encode",
+            b * t * args.iters,
+            wall,
+            cpu,
+            PYTORCH_ENCODE_TOKENS_PER_S
+        )
     );
     Ok(())
 }

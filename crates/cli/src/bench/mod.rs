@@ -4,6 +4,7 @@ mod encode;
 mod score;
 
 use clap::{Args, Subcommand};
+use std::time::Instant;
 
 /// Arguments of `ralm bench`.
 #[derive(Args)]
@@ -26,4 +27,55 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Encode(a) => encode::run(a),
         BenchCommand::Score(a) => score::run(a),
     }
+}
+
+/// Wall-clock and process CPU time of a timed section. On a machine shared with other work the
+/// wall clock measures the contention; tokens per CPU-second measure the code.
+pub(crate) struct Timer {
+    wall: Instant,
+    cpu: f64,
+}
+
+impl Timer {
+    /// Starts timing now.
+    pub(crate) fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu: process_cpu_seconds(),
+        }
+    }
+
+    /// `(wall seconds, CPU seconds)` since the start.
+    pub(crate) fn elapsed(&self) -> (f64, f64) {
+        (
+            self.wall.elapsed().as_secs_f64(),
+            process_cpu_seconds() - self.cpu,
+        )
+    }
+}
+
+/// User plus system CPU time of this process, all threads.
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut u = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// One line on throughput: wall tokens/s, tokens per CPU-second, cores used, and the ratio of
+/// each to a reference measured on the 2-core machine (reference tokens/s, and per CPU-second
+/// assuming the reference kept both cores busy).
+pub(crate) fn report(label: &str, tokens: usize, wall: f64, cpu: f64, reference: f64) -> String {
+    let (tps, per_cpu) = (tokens as f64 / wall, tokens as f64 / cpu.max(1e-9));
+    format!(
+        "{label}: {tps:.0} tokens/s wall ({:.2}x reference), {per_cpu:.0} tokens per CPU-second \
+         ({:.2}x reference at 2 busy cores), {:.2} cores used",
+        tps / reference,
+        per_cpu / (reference / 2.0),
+        cpu / wall
+    )
 }

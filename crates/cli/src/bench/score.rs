@@ -5,7 +5,6 @@ use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use ralm_models::llama::LlamaModel;
 use std::path::PathBuf;
-use std::time::Instant;
 
 /// PyTorch (f32, HF transformers) scoring speed for SmolLM2-135M at batch 4 × 512 on the
 /// project's 2-core reference machine, measured outside this project.
@@ -82,18 +81,21 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
             .collect();
         let ids = Tensor::from_vec(ids, (a.batch, a.seq), &Device::Cpu)?;
         score_once(&model, &ids)?;
-        let start = Instant::now();
+        let timer = super::Timer::start();
         for _ in 0..a.iters {
             score_once(&model, &ids)?;
         }
-        let secs = start.elapsed().as_secs_f64() / a.iters as f64;
-        let tps = (a.batch * a.seq) as f64 / secs;
+        let (wall, cpu) = timer.elapsed();
+        let label = if quantized { "quantized" } else { "f32" };
         println!(
-            "{:<9} {:>8.1} tokens/s  {:>6.3} s/batch  ratio vs PyTorch {:.2}×",
-            if quantized { "quantized" } else { "f32" },
-            tps,
-            secs,
-            tps / PYTORCH_SCORE_TOKENS_PER_S
+            "{}",
+            super::report(
+                label,
+                a.batch * a.seq * a.iters,
+                wall,
+                cpu,
+                PYTORCH_SCORE_TOKENS_PER_S
+            )
         );
     }
     Ok(())

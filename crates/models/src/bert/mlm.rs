@@ -39,7 +39,7 @@ impl MlmHead {
 
     /// Vocabulary logits `[b, t, vocab]` from hidden states `[b, t, h]`.
     pub fn forward(&self, hidden: &Tensor, word_emb: &Tensor, mode: Mode) -> Result<Tensor> {
-        let x = activate(&self.dense.forward(hidden)?, self.act)?;
+        let x = activate(&self.dense.forward(hidden)?, self.act, mode)?;
         let x = self.norm.forward(&x, mode)?;
         let (b, t, h) = x.dims3()?;
         let logits = x.reshape((b * t, h))?.matmul(&word_emb.t()?)?;

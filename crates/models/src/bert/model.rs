@@ -126,7 +126,7 @@ impl Layer {
 
     fn forward(&self, x: &Tensor, mask: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
         let a = self.attention.forward(x, mask, mode)?;
-        let inner = activate(&self.intermediate.forward(&a)?, self.act)?;
+        let inner = activate(&self.intermediate.forward(&a)?, self.act, mode)?;
         let out = dropout(&self.output.forward(&inner)?, self.dropout, mode)?;
         self.norm.forward(&(out + a)?, mode)
     }

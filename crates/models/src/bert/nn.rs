@@ -87,8 +87,9 @@ pub(crate) fn dropout(x: &Tensor, p: f64, mode: Mode) -> Result<Tensor> {
 }
 
 /// Applies the configured activation.
-pub(crate) fn activate(x: &Tensor, act: HiddenAct) -> Result<Tensor> {
+pub(crate) fn activate(x: &Tensor, act: HiddenAct, mode: Mode) -> Result<Tensor> {
     match act {
+        HiddenAct::Gelu if mode == Mode::Inference => crate::fast_ops::gelu_erf(x),
         HiddenAct::Gelu => x.gelu_erf(),
         HiddenAct::GeluNew => x.gelu(),
         HiddenAct::Relu => x.relu(),

@@ -132,7 +132,7 @@ impl FeedForward {
         let h = match self.activation {
             Activation::Relu => h.relu()?,
             Activation::Swish => candle_nn::ops::silu(&h)?,
-            Activation::Gelu => h.gelu_erf()?,
+            Activation::Gelu => crate::fast_ops::gelu_erf(&h)?,
         };
         self.w2.forward(&h)
     }
