@@ -3,6 +3,7 @@
 pub mod datastore;
 pub mod error;
 pub mod knnlm;
+pub mod knnmt;
 pub mod mixture;
 pub mod mt_metrics;
 

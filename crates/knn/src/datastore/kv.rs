@@ -306,7 +306,7 @@ impl KeyValues {
 }
 
 /// A deterministic pseudo-random number in `[0, 1)` for `id` under `seed` (splitmix64).
-fn unit_hash(id: u64, seed: u64) -> f64 {
+pub(crate) fn unit_hash(id: u64, seed: u64) -> f64 {
     let mut z = id
         .wrapping_add(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
         .wrapping_add(0x9E37_79B9_7F4A_7C15);

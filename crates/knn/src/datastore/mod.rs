@@ -1,6 +1,7 @@
 //! Datastore machinery shared by kNN-LM and kNN-MT: chunk files of (key, value) rows, the index
 //! built over them, the opened key/value store, and JSON manifests written atomically.
 
+pub mod build;
 pub mod kv;
 pub mod store;
 

@@ -7,8 +7,9 @@
 
 use super::chunks::{plan_chunks, score_chunk, Chunk, PassOptions};
 use super::corpus::Corpus;
+use crate::datastore::build::{run_build, BuildPlan};
 use crate::datastore::store::ChunkData;
-use crate::datastore::{differing_fields, read_json, require_equal, write_json, KeyValues, Layout};
+use crate::datastore::{read_json, require_equal, KeyValues, Layout};
 use crate::error::{KnnError, Result};
 use ralm_index::{FlatIndex, Metric, SearchParams};
 use ralm_models::bpe::LmTokenizer;
@@ -16,6 +17,7 @@ use ralm_models::llama::{KeyKind, LlamaModel};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+pub use crate::datastore::build::{BuildOutcome, BuildProgress};
 pub use crate::datastore::{IndexSpec, Neighbours};
 
 /// Name of the datastore manifest.
@@ -89,12 +91,25 @@ impl DatastoreManifest {
         read_json(&dir.join(MANIFEST))
     }
 
-    fn write(&self, dir: &Path) -> Result<()> {
-        write_json(&dir.join(MANIFEST), self)
+    /// Total stored entries of the plan.
+    pub fn planned_entries(&self) -> usize {
+        self.chunks.iter().map(Chunk::targets).sum()
+    }
+}
+
+impl BuildPlan for DatastoreManifest {
+    fn count(&self) -> Option<u64> {
+        self.count
     }
 
-    /// Where the chunks of this plan are stored under `dir`.
-    pub fn layout(&self, dir: &Path) -> Layout {
+    fn with_count(&self, count: Option<u64>) -> Self {
+        Self {
+            count,
+            ..self.clone()
+        }
+    }
+
+    fn layout(&self, dir: &Path) -> Layout {
         Layout {
             dir: dir.to_path_buf(),
             dim: self.dim,
@@ -103,7 +118,10 @@ impl DatastoreManifest {
         }
     }
 
-    /// Provenance entries the index and every user must agree on.
+    fn index_spec(&self) -> IndexSpec {
+        self.index
+    }
+
     fn provenance(&self) -> serde_json::Value {
         serde_json::json!({
             "model_sha256": self.model_sha256,
@@ -113,11 +131,6 @@ impl DatastoreManifest {
             "dim": self.dim,
             "corpus_fingerprint": self.corpus_fingerprint,
         })
-    }
-
-    /// Total stored entries of the plan.
-    pub fn planned_entries(&self) -> usize {
-        self.chunks.iter().map(Chunk::targets).sum()
     }
 }
 
@@ -132,31 +145,6 @@ pub struct BuildOptions {
     pub index: IndexSpec,
     /// Target tokens per chunk file.
     pub chunk_tokens: usize,
-}
-
-/// How a build call ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BuildOutcome {
-    /// All chunks stored and indexed; the number of entries.
-    Complete(u64),
-    /// Stopped on request after storing this many chunks (of the plan's total).
-    Interrupted {
-        /// Chunks stored so far.
-        done: usize,
-        /// Chunks in the plan.
-        total: usize,
-    },
-}
-
-/// Progress of a build, reported after each chunk.
-#[derive(Debug, Clone, Copy)]
-pub struct BuildProgress {
-    /// Targets stored so far (including chunks found from an earlier run).
-    pub tokens_done: usize,
-    /// Targets in the plan.
-    pub tokens_total: usize,
-    /// Targets scored by this run so far (for a speed estimate).
-    pub tokens_this_run: usize,
 }
 
 /// Builds (or resumes building) a datastore in `dir` from `corpus`. `stop` is asked after
@@ -203,60 +191,15 @@ pub fn build(
             "the corpus has fewer than two tokens: nothing to store".into(),
         ));
     }
-    let layout = plan.layout(dir);
-    layout.create_dirs()?;
-    match DatastoreManifest::read(dir)? {
-        Some(old)
-            if old.count.is_some()
-                && DatastoreManifest {
-                    count: None,
-                    ..old.clone()
-                } == plan =>
-        {
-            return Ok(BuildOutcome::Complete(old.count.unwrap_or(0)));
-        }
-        Some(old) if old != plan => {
-            return Err(KnnError::mismatch(
-                &dir.join(MANIFEST),
-                format!(
-                    "holds a datastore with different settings ({}); remove it or build elsewhere",
-                    differing_fields(&old, &plan)
-                ),
-            ));
-        }
-        Some(_) => {}
-        None => plan.write(dir)?,
-    }
-
-    let total = plan.planned_entries();
-    let mut done_tokens = 0;
-    let mut this_run = 0;
-    for (i, &chunk) in plan.chunks.iter().enumerate() {
-        if !layout.has_chunk(i) {
-            let scored = score_chunk(lm, &corpus.ids, chunk, pass)?;
-            layout.write_chunk(i, &scored.keys, &corpus.ids[chunk.first_target..chunk.end])?;
-            this_run += chunk.targets();
-        }
-        done_tokens += chunk.targets();
-        progress(BuildProgress {
-            tokens_done: done_tokens,
-            tokens_total: total,
-            tokens_this_run: this_run,
-        });
-        if i + 1 < plan.chunks.len() && stop() {
-            return Ok(BuildOutcome::Interrupted {
-                done: i + 1,
-                total: plan.chunks.len(),
-            });
-        }
-    }
-    let count = layout.build_index(plan.index, plan.provenance())?;
-    let plan = DatastoreManifest {
-        count: Some(count),
-        ..plan
+    let mut produce = |i: usize| -> Result<(Vec<f32>, Vec<u32>)> {
+        let chunk = plan.chunks[i];
+        let scored = score_chunk(lm, &corpus.ids, chunk, pass)?;
+        Ok((
+            scored.keys,
+            corpus.ids[chunk.first_target..chunk.end].to_vec(),
+        ))
     };
-    plan.write(dir)?;
-    Ok(BuildOutcome::Complete(count))
+    run_build(dir, MANIFEST, plan.clone(), &mut produce, progress, stop)
 }
 
 /// Calls `f` with every stored chunk of the datastore in `dir`, in entry order.
