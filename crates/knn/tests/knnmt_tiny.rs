@@ -265,7 +265,8 @@ fn lambda_zero_is_plain_decoding_and_lambda_one_recalls_stored_targets() {
 #[test]
 fn other_model_or_changed_corpus_is_refused_and_builds_resume() {
     let model = tiny_model(9);
-    let pairs = random_pairs(15, 6);
+    // Enough entries (> 256) to train IVF-PQ codebooks below.
+    let pairs = random_pairs(100, 6);
     let dir = tempfile::tempdir().unwrap();
     let opts = build_options(4);
     let stop_after_one = || true;
@@ -280,7 +281,7 @@ fn other_model_or_changed_corpus_is_refused_and_builds_resume() {
         &stop_after_one,
     )
     .unwrap();
-    assert_eq!(out, BuildOutcome::Interrupted { done: 1, total: 4 });
+    assert_eq!(out, BuildOutcome::Interrupted { done: 1, total: 25 });
     let err = MtDatastore::open(dir.path(), &expect())
         .err()
         .unwrap()
@@ -297,7 +298,36 @@ fn other_model_or_changed_corpus_is_refused_and_builds_resume() {
         Err(KnnError::Mismatch { msg, .. }) => assert!(msg.contains("model_sha256"), "{msg}"),
         r => panic!("expected a mismatch, got {:?}", r.err()),
     }
-    let changed = random_pairs(15, 7);
+    // Another index over the same chunks: re-indexed without running the model again.
+    let ivf = MtBuildOptions {
+        index: IndexSpec::IvfPq {
+            nlist: 4,
+            m: 4,
+            seed: 1,
+        },
+        ..build_options(4)
+    };
+    let mut recomputed = 0;
+    let out = build(
+        dir.path(),
+        &model,
+        &expect(),
+        &pairs,
+        "random",
+        &ivf,
+        &mut |p| recomputed = p.tokens_this_run,
+        &|| false,
+    )
+    .unwrap();
+    assert_eq!(out, BuildOutcome::Complete(pairs.target_tokens() as u64));
+    assert_eq!(recomputed, 0);
+    let ds = MtDatastore::open(dir.path(), &expect()).unwrap();
+    let hits = ds
+        .search(&vec![0.1; D], 3, &SearchParams::default())
+        .unwrap();
+    assert!(hits.tokens.iter().all(|&t| (t as usize) < V));
+
+    let changed = random_pairs(100, 7);
     let err = build(
         dir.path(),
         &model,

@@ -18,6 +18,8 @@ pub trait BuildPlan: Serialize + DeserializeOwned + PartialEq + Clone {
     fn layout(&self, dir: &Path) -> Layout;
     /// Index structure.
     fn index_spec(&self) -> IndexSpec;
+    /// The same manifest with another index structure.
+    fn with_index(&self, index: IndexSpec) -> Self;
     /// Provenance the index records and every user must agree on.
     fn provenance(&self) -> serde_json::Value;
 }
@@ -47,7 +49,8 @@ pub struct BuildProgress {
     pub tokens_this_run: usize,
 }
 
-/// Builds (or resumes) the datastore of `plan` in `dir`, its manifest at `dir/manifest_name`.
+/// Builds (or resumes) the datastore of `plan` in `dir`, its manifest at `dir/manifest_name`;
+/// a plan that differs from the stored one only in its index reuses the chunks and re-indexes.
 /// `produce(i)` returns chunk `i`'s keys and values; `stop` is asked after every chunk.
 pub fn run_build<P: BuildPlan>(
     dir: &Path,
@@ -68,6 +71,10 @@ pub fn run_build<P: BuildPlan>(
     match read_json::<P>(&mpath)? {
         Some(old) if old.count().is_some() && old.with_count(None) == plan => {
             return Ok(BuildOutcome::Complete(old.count().unwrap_or(0)));
+        }
+        // Only the index differs: the stored chunks stay valid, the index is rebuilt.
+        Some(old) if old.with_count(None).with_index(plan.index_spec()) == plan => {
+            write_json(&mpath, &plan)?
         }
         Some(old) if old != plan => {
             return Err(KnnError::mismatch(

@@ -76,6 +76,13 @@ impl BuildPlan for MtManifest {
         self.index
     }
 
+    fn with_index(&self, index: IndexSpec) -> Self {
+        Self {
+            index,
+            ..self.clone()
+        }
+    }
+
     fn provenance(&self) -> serde_json::Value {
         serde_json::json!({
             "model_sha256": self.model_sha256,
