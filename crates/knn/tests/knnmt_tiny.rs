@@ -322,9 +322,7 @@ fn other_model_or_changed_corpus_is_refused_and_builds_resume() {
     assert_eq!(out, BuildOutcome::Complete(pairs.target_tokens() as u64));
     assert_eq!(recomputed, 0);
     let ds = MtDatastore::open(dir.path(), &expect()).unwrap();
-    let hits = ds
-        .search(&vec![0.1; D], 3, &SearchParams::default())
-        .unwrap();
+    let hits = ds.search(&[0.1; D], 3, &SearchParams::default()).unwrap();
     assert!(hits.tokens.iter().all(|&t| (t as usize) < V));
 
     let changed = random_pairs(100, 7);
