@@ -58,9 +58,8 @@ pub struct KnnArgs {
     /// Pick λ per step with the gate trained by `ralm knnmt eval` (k and T as it was trained).
     #[arg(long)]
     pub adaptive: bool,
-    /// Inverted lists probed per query (IVF-PQ datastores).
-    #[arg(long, default_value_t = 16)]
-    pub nprobe: usize,
+    #[command(flatten)]
+    pub search: SearchArgs,
 }
 
 /// An opened datastore with its mixing settings.
@@ -91,10 +90,23 @@ fn open_datastore(dir: &Path, model_dir: &Path) -> anyhow::Result<MtDatastore> {
     Ok(ds)
 }
 
-fn search_params(nprobe: usize) -> SearchParams {
-    SearchParams {
-        nprobe,
-        rerank: None,
+/// Approximate-search knobs of IVF-PQ datastores.
+#[derive(Args, Debug, Clone)]
+pub struct SearchArgs {
+    /// Inverted lists probed per query.
+    #[arg(long, default_value_t = 16)]
+    pub nprobe: usize,
+    /// Re-score a shortlist of this many PQ candidates with the full f16 keys.
+    #[arg(long)]
+    pub rerank: Option<usize>,
+}
+
+impl SearchArgs {
+    fn params(&self) -> SearchParams {
+        SearchParams {
+            nprobe: self.nprobe,
+            rerank: self.rerank,
+        }
     }
 }
 
@@ -125,7 +137,7 @@ impl KnnArgs {
             datastore,
             params,
             gate,
-            search: search_params(self.nprobe),
+            search: self.search.params(),
         }))
     }
 }
@@ -275,9 +287,8 @@ pub struct EvalArgs {
     /// JSON report of every number.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Inverted lists probed per query (IVF-PQ datastores).
-    #[arg(long, default_value_t = 16)]
-    nprobe: usize,
+    #[command(flatten)]
+    search: SearchArgs,
 }
 
 /// Scores of one decoding run.
@@ -342,7 +353,7 @@ fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
     let tr = a.model.load()?;
     let beam = a.model.beam;
     let ds = open_datastore(&a.datastore, &a.model.model)?;
-    let search = search_params(a.nprobe);
+    let search = a.search.params();
     let all = Pairs::read_tsv(&a.tsv, a.limit)?;
     let (tune, test) = all.halves();
     eprintln!("tuning on {} pairs, testing on {}", tune.len(), test.len());
@@ -519,9 +530,8 @@ pub struct CompareArgs {
     /// Only the first N sentences.
     #[arg(long)]
     limit: Option<usize>,
-    /// Inverted lists probed per query (IVF-PQ datastores).
-    #[arg(long, default_value_t = 16)]
-    nprobe: usize,
+    #[command(flatten)]
+    search: SearchArgs,
     /// JSON report.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -551,7 +561,7 @@ fn run_compare(a: &CompareArgs) -> anyhow::Result<()> {
     let tuned: KnnMtParams = read_json(&tpath)?
         .with_context(|| format!("{} missing: run `ralm knnmt eval` first", tpath.display()))?;
     let gate = Gate::load(&a.datastore)?;
-    let search = search_params(a.nprobe);
+    let search = a.search.params();
     let (base, base_rate) = translate_all(&tr, &lines, a.model.beam, None)?;
     eprintln!("base: {base_rate:.1} sentences/s");
     let mut changes = Vec::new();
