@@ -114,8 +114,12 @@ impl KnnArgs {
     /// Opens the datastore (and gate) when one is named.
     pub fn open(&self, model_dir: &Path) -> anyhow::Result<Option<OpenedKnn>> {
         let Some(dir) = &self.datastore else {
-            if self.adaptive || self.lambda.is_some() || self.k.is_some() {
-                bail!("--lambda, --k and --adaptive need --datastore");
+            if self.adaptive
+                || self.lambda.is_some()
+                || self.k.is_some()
+                || self.temperature.is_some()
+            {
+                bail!("--lambda, --k, --temperature and --adaptive need --datastore");
             }
             return Ok(None);
         };

@@ -233,16 +233,29 @@ fn lambda_zero_is_plain_decoding_and_lambda_one_recalls_stored_targets() {
     let pairs = random_pairs(12, 4);
     let dir = tempfile::tempdir().unwrap();
     let ds = build_store(dir.path(), &model, &pairs);
-    let plain = search(&model, &pairs.sources, &options(), None).unwrap();
     let mut zero = KnnMtParams {
         k: 8,
         lambda: 0.0,
         temperature: 1.0,
     };
-    let mut r = Retrieval::new(&ds, zero, SearchParams::default(), None).unwrap();
-    let mut hook = |h: &Tensor, lp: &mut Tensor| r.hook(h, lp);
-    let with = search(&model, &pairs.sources, &options(), Some(&mut hook)).unwrap();
-    assert_eq!(plain, with);
+    // Greedy and beam search: every live hypothesis is searched, none is changed.
+    for beam in [3, 1] {
+        let opts = SearchOptions {
+            beam_size: beam,
+            ..options()
+        };
+        let plain = search(&model, &pairs.sources, &opts, None).unwrap();
+        let mut r = Retrieval::new(&ds, zero, SearchParams::default(), None).unwrap();
+        let mut hook = |h: &Tensor, lp: &mut Tensor| r.hook(h, lp);
+        let with = search(&model, &pairs.sources, &opts, Some(&mut hook)).unwrap();
+        assert_eq!(plain, with, "beam {beam}");
+        assert!(
+            r.queries > r.steps * (beam - 1),
+            "beam {beam}: {} queries",
+            r.queries
+        );
+    }
+    let plain = search(&model, &pairs.sources, &options(), None).unwrap();
 
     // Pure retrieval with k = 1 follows the stored target of a source in the datastore.
     zero.lambda = 1.0;
