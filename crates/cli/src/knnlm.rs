@@ -102,7 +102,8 @@ pub struct BuildArgs {
     stop_after_chunks: Option<usize>,
 }
 
-fn bar(total: usize) -> ProgressBar {
+/// A progress bar over `total` datastore entries.
+pub(crate) fn bar(total: usize) -> ProgressBar {
     let pb = ProgressBar::new(total as u64);
     pb.set_style(
         ProgressStyle::with_template(
@@ -120,6 +121,15 @@ fn sources(specs: &[String], field: Option<&str>) -> anyhow::Result<Vec<Source>>
         .collect::<Result<_, _>>()?)
 }
 
+/// The index structure named on the command line (`flat` or `ivfpq`).
+pub(crate) fn index_spec(kind: &str, nlist: usize, m: usize) -> anyhow::Result<IndexSpec> {
+    Ok(match kind {
+        "flat" => IndexSpec::Flat,
+        "ivfpq" => IndexSpec::IvfPq { nlist, m, seed: 0 },
+        other => bail!("unknown --index {other:?} (expected flat or ivfpq)"),
+    })
+}
+
 fn run_build(a: &BuildArgs) -> anyhow::Result<()> {
     let (lm, tok) = a.model.load()?;
     let corpus = Corpus::load(&sources(&a.corpus, a.field.as_deref())?, &tok, a.max_tokens)?;
@@ -129,15 +139,7 @@ fn run_build(a: &BuildArgs) -> anyhow::Result<()> {
         corpus.ids.len(),
         corpus.sources.join(", ")
     );
-    let index = match a.index.as_str() {
-        "flat" => IndexSpec::Flat,
-        "ivfpq" => IndexSpec::IvfPq {
-            nlist: a.nlist,
-            m: a.m,
-            seed: 0,
-        },
-        other => bail!("unknown --index {other:?} (expected flat or ivfpq)"),
-    };
+    let index = index_spec(&a.index, a.nlist, a.m)?;
     let opts = BuildOptions {
         pass: PassOptions {
             context_len: a.context,

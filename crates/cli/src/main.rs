@@ -6,6 +6,7 @@ mod embed;
 mod generate;
 mod io;
 mod knnlm;
+mod knnmt;
 mod lm;
 mod plot;
 mod progress;
@@ -36,6 +37,9 @@ enum Command {
     /// kNN-LM datastores and evaluation.
     #[command(subcommand)]
     Knnlm(knnlm::KnnlmCommand),
+    /// kNN-MT datastores, tuning and evaluation.
+    #[command(subcommand)]
+    Knnmt(knnmt::KnnmtCommand),
     /// Generate text with a causal LM, optionally mixed with a kNN-LM datastore.
     Generate(generate::GenerateArgs),
     /// Translate sentences (one per line) with a Marian/Bergamot or Hugging Face Marian model.
@@ -73,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         Command::Embed(args) => embed::run(args),
         Command::Lm(args) => lm::run(args),
         Command::Knnlm(c) => knnlm::run(&c),
+        Command::Knnmt(c) => knnmt::run(&c),
         Command::Generate(a) => generate::run(&a),
         Command::Translate(args) => translate::run(args),
         Command::Mt(args) => translate::run_mt(args),

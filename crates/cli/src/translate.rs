@@ -1,27 +1,31 @@
 //! `ralm translate` and `ralm mt eval`: translation with a Marian model, BLEU/chrF evaluation.
 
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+use candle_core::Tensor;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use ralm_knn::knnmt::{Pairs, Retrieval};
 use ralm_knn::mt_metrics::{corpus_bleu, corpus_chrf};
 use ralm_models::marian::{Precision, Translator};
+
+use crate::knnmt::KnnArgs;
 
 /// Options shared by translation commands.
 #[derive(Args, Debug)]
 pub struct ModelArgs {
     /// Model directory (Bergamot/Marian with a decoder *.yml, or Hugging Face MarianMT).
     #[arg(long)]
-    model: PathBuf,
+    pub model: PathBuf,
     /// Beam width (default: the model's decoder config; 1 = greedy).
     #[arg(long)]
-    beam: Option<usize>,
+    pub beam: Option<usize>,
     /// Sentences per batch.
     #[arg(long, default_value_t = 32)]
-    batch: usize,
+    pub batch: usize,
     /// Round activations to int8 before int8 matrices (emulating Marian's intgemm arithmetic)
     /// instead of running the dequantised weights in float32.
     #[arg(long)]
@@ -29,7 +33,8 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn load(&self) -> anyhow::Result<Translator> {
+    /// Loads the translator with the batch size set.
+    pub fn load(&self) -> anyhow::Result<Translator> {
         let precision = if self.int8_activations {
             Precision::Int8Activations
         } else {
@@ -47,6 +52,8 @@ impl ModelArgs {
 pub struct TranslateArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    knn: KnnArgs,
     /// Input file with one sentence per line (default: stdin).
     #[arg(long)]
     input: Option<PathBuf>,
@@ -69,6 +76,8 @@ enum MtCommand {
 struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    knn: KnnArgs,
     /// The TSV file.
     #[arg(long)]
     tsv: PathBuf,
@@ -88,11 +97,13 @@ fn progress(n: usize) -> ProgressBar {
     pb
 }
 
-/// Translates in chunks with a progress bar; returns the translations and sentences/second.
-fn translate_all(
+/// Translates in chunks with a progress bar, mixing in retrieval when given; returns the
+/// translations and sentences/second.
+pub fn translate_all(
     tr: &Translator,
     sentences: &[String],
     beam: Option<usize>,
+    mut retrieval: Option<&mut Retrieval<'_>>,
 ) -> anyhow::Result<(Vec<String>, f64)> {
     let opts = tr.search_options(beam);
     let pb = progress(sentences.len());
@@ -101,7 +112,14 @@ fn translate_all(
     // Chunks of several batches keep length-sorting effective while the bar moves.
     for chunk in sentences.chunks(tr.decode.batch_size * 8) {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        out.extend(tr.translate(&refs, &opts)?);
+        let translated = match retrieval.as_deref_mut() {
+            Some(r) => {
+                let mut hook = |h: &Tensor, lp: &mut Tensor| r.hook(h, lp);
+                tr.translate_with_hook(&refs, &opts, Some(&mut hook))?
+            }
+            None => tr.translate(&refs, &opts)?,
+        };
+        out.extend(translated);
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
@@ -124,7 +142,9 @@ pub fn run(args: TranslateArgs) -> anyhow::Result<()> {
             .collect::<Result<_, _>>()
             .context("reading stdin")?,
     };
-    let (out, rate) = translate_all(&tr, &lines, args.model.beam)?;
+    let knn = args.knn.open(&args.model.model)?;
+    let mut retrieval = knn.as_ref().map(|k| k.retrieval()).transpose()?;
+    let (out, rate) = translate_all(&tr, &lines, args.model.beam, retrieval.as_mut())?;
     let mut stdout = std::io::stdout().lock();
     for line in out {
         writeln!(stdout, "{line}")?;
@@ -133,38 +153,17 @@ pub fn run(args: TranslateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_tsv(path: &Path, limit: Option<usize>) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let (mut src, mut refs) = (Vec::new(), Vec::new());
-    for (i, line) in text.lines().enumerate().skip(1) {
-        if limit.is_some_and(|n| src.len() >= n) {
-            break;
-        }
-        let cols: Vec<&str> = line.split('\t').collect();
-        let [_, en, reference] = cols[..] else {
-            bail!(
-                "{}:{}: expected 3 tab-separated columns, found {}",
-                path.display(),
-                i + 1,
-                cols.len()
-            );
-        };
-        src.push(en.to_string());
-        refs.push(reference.to_string());
-    }
-    Ok((src, refs))
-}
-
 /// Runs `ralm mt <command>`.
 pub fn run_mt(args: MtArgs) -> anyhow::Result<()> {
     let MtCommand::Eval(args) = args.cmd;
-    let (src, refs) = read_tsv(&args.tsv, args.limit)?;
+    let pairs = Pairs::read_tsv(&args.tsv, args.limit)?;
     let tr = args.model.load()?;
-    let (hyps, rate) = translate_all(&tr, &src, args.model.beam)?;
-    let bleu = corpus_bleu(&hyps, &refs);
-    let chrf = corpus_chrf(&hyps, &refs);
-    println!("sentences: {}", src.len());
+    let knn = args.knn.open(&args.model.model)?;
+    let mut retrieval = knn.as_ref().map(|k| k.retrieval()).transpose()?;
+    let (hyps, rate) = translate_all(&tr, &pairs.sources, args.model.beam, retrieval.as_mut())?;
+    let bleu = corpus_bleu(&hyps, &pairs.targets);
+    let chrf = corpus_chrf(&hyps, &pairs.targets);
+    println!("sentences: {}", pairs.len());
     println!(
         "BLEU: {:.2} ({:.1}/{:.1}/{:.1}/{:.1}, BP {:.3}, {}/{} tokens)",
         bleu.score,
@@ -178,5 +177,8 @@ pub fn run_mt(args: MtArgs) -> anyhow::Result<()> {
     );
     println!("chrF: {chrf:.2}");
     println!("speed: {rate:.1} sentences/s");
+    if let Some(r) = &retrieval {
+        println!("retrieval: {}", crate::knnmt::describe(r));
+    }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Chunks of a sliding-window pass: consecutive windows grouped so each chunk can be scored,
 //! stored or searched on its own while every token keeps the context the global plan gives it.
 
-use super::error::Result;
+use crate::error::Result;
 use ralm_models::llama::{plan_windows, KeyKind, LlamaModel, ScoreOptions};
 use serde::{Deserialize, Serialize};
 

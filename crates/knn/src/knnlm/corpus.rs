@@ -1,7 +1,7 @@
 //! Corpus sources for datastores and evaluation: text files, JSONL with a text field, and the
 //! Wikipedia summaries JSON (`{title: {title, extract, ...}}`), optionally cut to a fraction.
 
-use super::error::{KnnError, Result};
+use crate::error::{KnnError, Result};
 use ralm_models::bpe::LmTokenizer;
 use std::path::{Path, PathBuf};
 

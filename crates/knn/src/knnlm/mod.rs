@@ -3,12 +3,11 @@
 pub mod chunks;
 pub mod corpus;
 pub mod datastore;
-pub mod error;
-pub mod mixture;
 pub mod model;
-pub mod store;
 pub mod sweep;
 
+pub use crate::datastore::store;
+pub use crate::{error, mixture};
 pub use datastore::{build, BuildOptions, BuildOutcome, Datastore, DatastoreExpect, IndexSpec};
 pub use error::{KnnError, Result};
 pub use model::{KnnLm, KnnParams, ScoringOptions};

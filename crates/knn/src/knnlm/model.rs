@@ -3,9 +3,9 @@
 
 use super::chunks::{plan_chunks, score_chunk, PassOptions, ScoredChunk};
 use super::datastore::Datastore;
-use super::error::{KnnError, Result};
-use super::mixture::{knn_distribution, mix_into_log_probs};
 use super::sweep::NeighbourCache;
+use crate::error::{KnnError, Result};
+use crate::mixture::{knn_distribution, mix_into_log_probs};
 use candle_core::{Tensor, D};
 use ralm_index::SearchParams;
 use ralm_models::bpe::LmTokenizer;

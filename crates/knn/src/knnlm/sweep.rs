@@ -1,7 +1,7 @@
 //! Neighbours cached once per evaluated position, so a whole grid of λ and temperature is
 //! scored without searching again.
 
-use super::mixture::{interpolate_log_prob, knn_log_prob};
+use crate::mixture::{interpolate_log_prob, knn_log_prob};
 use rayon::prelude::*;
 use serde::Serialize;
 

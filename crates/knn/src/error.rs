@@ -1,8 +1,8 @@
-//! The error type of datastore building, opening and kNN-LM scoring.
+//! The error type of datastore building, opening and kNN-LM / kNN-MT decoding.
 
 use std::path::{Path, PathBuf};
 
-/// Everything that can go wrong with a kNN-LM datastore or its use.
+/// Everything that can go wrong with a datastore or its use.
 #[derive(Debug, thiserror::Error)]
 pub enum KnnError {
     /// A file or directory could not be read or written.
@@ -60,5 +60,5 @@ impl From<candle_core::Error> for KnnError {
     }
 }
 
-/// Result alias for kNN-LM operations.
+/// Result alias for datastore operations.
 pub type Result<T> = std::result::Result<T, KnnError>;

@@ -4,7 +4,7 @@
 //! Layout: magic `RKNC`, u32 version, u64 rows, u64 dim, `rows × dim` f16 keys, `rows` u32
 //! values, all little-endian.
 
-use super::error::{KnnError, Result};
+use crate::error::{KnnError, Result};
 use half::f16;
 use std::io::Write;
 use std::path::Path;

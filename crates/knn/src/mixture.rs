@@ -1,4 +1,4 @@
-//! The kNN-LM next-token distribution and its interpolation with the model's softmax.
+//! The kNN next-token distribution and its interpolation with the model's softmax.
 //!
 //! Scores follow the index convention, higher is closer (inner product, cosine, or the negated
 //! squared L2 distance), so p_kNN(y) ∝ Σ_{i: v_i = y} exp(s_i / T) is Khandelwal et al.'s
