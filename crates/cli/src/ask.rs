@@ -1,4 +1,5 @@
-//! `ralm ask "question"`: retrieve, read with the generative reader, marginalise, print.
+//! `ralm ask "question"`: retrieve, read (generative reader, or a fine-tuned extractive one with
+//! `--reader <ralm qa train output>`), marginalise, print.
 
 use std::path::PathBuf;
 
@@ -29,7 +30,7 @@ pub struct AskArgs {
 
 /// Runs `ralm ask`.
 pub fn run(a: AskArgs) -> anyhow::Result<()> {
-    let system = a.reader.system(&a.index, &a.models)?;
+    let system = a.reader.system(&a.index, &a.models)?.system;
     let result = system.ask(&a.question, a.reader.k, a.reader.retriever)?;
     for w in &result.warnings {
         eprintln!("warning: {w}");
