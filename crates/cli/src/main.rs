@@ -10,6 +10,7 @@ mod lm;
 mod plot;
 mod qa;
 mod qa_dense;
+mod qa_train;
 mod translate;
 
 use clap::{Parser, Subcommand};

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use ralm_models::bert::Pooling;
 use ralm_realm::ask::{retrieve, QaSystem, Reader, RetrieverKind, DEFAULT_SCORE_SCALE};
-use ralm_realm::data::{shared_data_dir, split_by_article, Dataset, QaExample};
+use ralm_realm::data::{shared_data_dir, split_by_article, ArticleSplit, Dataset, QaExample};
 use ralm_realm::finetune::open_checkpoint;
 use ralm_realm::generative::GenerativeReader;
 use ralm_realm::metrics::{exact_match, f1_score, first_hit, AnswerMatcher, RecallAtK};
@@ -32,6 +32,8 @@ enum QaCommand {
     Index(IndexArgs),
     /// Retrieval recall@1/5/20 and reader EM/F1 on a QA dataset.
     Eval(EvalArgs),
+    /// Fine-tune the query tower and the extractive reader (REALM) on squad-open's train articles.
+    Train(crate::qa_train::TrainArgs),
     #[command(flatten)]
     Lexical(crate::qa::QaCommand),
 }
@@ -214,6 +216,7 @@ pub fn run(args: QaArgs) -> anyhow::Result<()> {
     match args.cmd {
         QaCommand::Index(a) => index(a),
         QaCommand::Eval(a) => eval(a),
+        QaCommand::Train(a) => crate::qa_train::run(a),
         QaCommand::Lexical(c) => crate::qa::run(c),
     }
 }
@@ -278,7 +281,7 @@ fn index(a: IndexArgs) -> anyhow::Result<()> {
 }
 
 /// Every `n / limit`-th example (all when `limit` is 0 or at least `n`).
-fn spread_sample(examples: Vec<QaExample>, limit: usize) -> Vec<QaExample> {
+pub fn spread_sample(examples: Vec<QaExample>, limit: usize) -> Vec<QaExample> {
     if limit == 0 || limit >= examples.len() {
         return examples;
     }
@@ -295,19 +298,21 @@ fn eval_questions(a: &EvalArgs) -> anyhow::Result<Vec<QaExample>> {
         .load(&data)
         .with_context(|| format!("loading {}", a.dataset.path(&data).display()))?;
     let examples = match a.dataset {
-        Dataset::SquadOpen => {
-            let passages = read_passages(&squad_passages_path())?;
-            split_by_article(
-                &examples,
-                &passages,
-                ralm_realm::data::SQUAD_EVAL_ARTICLES,
-                a.seed,
-            )?
-            .eval
-        }
+        Dataset::SquadOpen => squad_split(examples, a.seed)?.eval,
         _ => examples,
     };
     Ok(spread_sample(examples, a.limit))
+}
+
+/// squad-open questions split by article ([`split_by_article`], seeded).
+pub fn squad_split(examples: Vec<QaExample>, seed: u64) -> anyhow::Result<ArticleSplit> {
+    let passages = read_passages(&squad_passages_path())?;
+    Ok(split_by_article(
+        &examples,
+        &passages,
+        ralm_realm::data::SQUAD_EVAL_ARTICLES,
+        seed,
+    )?)
 }
 
 const RECALL_KS: [usize; 3] = [1, 5, 20];
