@@ -453,3 +453,33 @@ fn training_leaves_the_index_alone_checkpoints_resume_and_provenance_is_checked(
     let total: f64 = r.answers.iter().map(|a| a.prob).sum();
     assert!(total <= 1.0 + 1e-6, "answer probabilities sum to {total}");
 }
+
+#[test]
+fn minilm_reader_gets_a_seeded_head_and_reads_spans_of_the_passage() {
+    let dir = ralm_realm::data::repo_root().join("models").join("minilm");
+    if !dir.join("model.safetensors").is_file() {
+        eprintln!(
+            "skipping: {} is absent (run scripts/setup.sh)",
+            dir.display()
+        );
+        return;
+    }
+    let options = ReaderOptions::default();
+    let load = |seed| ExtractiveReader::load(&dir, options, seed, &Device::Cpu).unwrap();
+    let passage = ralm_realm::passages::Passage {
+        id: "wiki:Paris:0".into(),
+        title: "Paris".into(),
+        text: "Paris is the capital and most populous city of France, on the Seine.".into(),
+    };
+    let read = |r: &ExtractiveReader| {
+        r.read("What river flows through Paris?", &[&passage])
+            .unwrap()
+    };
+    let (a, b, c) = (read(&load(5)), read(&load(5)), read(&load(6)));
+    assert_eq!(a[0].spans, b[0].spans, "same seed, same head");
+    assert_ne!(a[0].spans, c[0].spans, "another seed, another head");
+    assert!(a[0]
+        .spans
+        .iter()
+        .all(|(t, p)| passage.text.contains(t.as_str()) && *p > 0.0));
+}
