@@ -170,3 +170,40 @@ pub fn linear_schedule(step: usize, warmup: usize, total: usize, peak: f64) -> f
     let span = total.saturating_sub(warmup).max(1) as f64;
     peak * (left / span).clamp(0.0, 1.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::{Init, VarBuilder};
+
+    #[test]
+    fn schedule_warms_up_linearly_then_decays_to_zero() {
+        let lr = |s| linear_schedule(s, 4, 12, 1.0);
+        assert_eq!([lr(0), lr(1), lr(3)], [0.25, 0.5, 1.0]);
+        assert_eq!([lr(4), lr(8), lr(12), lr(20)], [1.0, 0.5, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn first_step_moves_each_weight_by_the_learning_rate_against_its_gradient_sign() {
+        // Bias-corrected Adam's first update is lr · g/(|g| + eps) = ±lr; no decay on vectors.
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let w = vb.get_with_hints(3, "w", Init::Const(1.0)).unwrap();
+        let config = AdamWConfig {
+            max_grad_norm: 0.0,
+            ..AdamWConfig::default()
+        };
+        let mut opt = AdamW::new(&[("", &varmap, 0.5)], config).unwrap();
+        let target = Tensor::new(&[2f32, 0.0, 1.0], &Device::Cpu).unwrap();
+        let loss = (&w - &target).unwrap().sqr().unwrap().sum_all().unwrap();
+        let norm = opt.step(&loss.backward().unwrap(), 0.2).unwrap();
+        assert!((norm - 8f64.sqrt()).abs() < 1e-6, "gradient (-2, 2, 0)");
+        let got: Vec<f32> = varmap.all_vars()[0].to_vec1().unwrap();
+        // lr 0.2 scaled by the group's 0.5: ±0.1, and 0 where the gradient is 0.
+        for (g, want) in got.iter().zip([1.1f32, 0.9, 1.0]) {
+            assert!((g - want).abs() < 1e-5, "{got:?}");
+        }
+        assert_eq!(opt.steps(), 1);
+    }
+}
