@@ -8,6 +8,9 @@ use ralm_realm::ask::AskResult;
 
 use crate::qa_dense::{ModelArgs, ReaderArgs};
 
+/// Runner-up answers printed after the best one (all of them are in `--json`).
+const OTHER_ANSWERS: usize = 4;
+
 /// Answer a question from the QA index.
 #[derive(Args)]
 pub struct AskArgs {
@@ -59,6 +62,7 @@ fn print_text(r: &AskResult, chars: usize) {
     if r.answers.len() > 1 {
         let others: Vec<String> = r.answers[1..]
             .iter()
+            .take(OTHER_ANSWERS)
             .map(|a| format!("{} ({:.3})", a.text, a.prob))
             .collect();
         println!("   also: {}", others.join(", "));
