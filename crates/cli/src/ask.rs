@@ -1,4 +1,5 @@
-//! `ralm ask "question"`: retrieve, read with the generative reader, marginalise, print.
+//! `ralm ask "question"`: retrieve, read (generative reader, or a fine-tuned extractive one with
+//! `--reader <ralm qa train output>`), marginalise, print.
 
 use std::path::PathBuf;
 
@@ -6,6 +7,9 @@ use clap::Args;
 use ralm_realm::ask::AskResult;
 
 use crate::qa_dense::{ModelArgs, ReaderArgs};
+
+/// Runner-up answers printed after the best one (all of them are in `--json`).
+const OTHER_ANSWERS: usize = 4;
 
 /// Answer a question from the QA index.
 #[derive(Args)]
@@ -29,7 +33,7 @@ pub struct AskArgs {
 
 /// Runs `ralm ask`.
 pub fn run(a: AskArgs) -> anyhow::Result<()> {
-    let system = a.reader.system(&a.index, &a.models)?;
+    let system = a.reader.system(&a.index, &a.models)?.system;
     let result = system.ask(&a.question, a.reader.k, a.reader.retriever)?;
     for w in &result.warnings {
         eprintln!("warning: {w}");
@@ -58,6 +62,7 @@ fn print_text(r: &AskResult, chars: usize) {
     if r.answers.len() > 1 {
         let others: Vec<String> = r.answers[1..]
             .iter()
+            .take(OTHER_ANSWERS)
             .map(|a| format!("{} ({:.3})", a.text, a.prob))
             .collect();
         println!("   also: {}", others.join(", "));

@@ -12,6 +12,7 @@ mod plot;
 mod progress;
 mod qa;
 mod qa_dense;
+mod qa_train;
 mod translate;
 
 use clap::{Parser, Subcommand};

@@ -9,8 +9,9 @@ use candle_core::Device;
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
 use ralm_models::bert::Pooling;
-use ralm_realm::ask::{retrieve, QaSystem, RetrieverKind, DEFAULT_SCORE_SCALE};
-use ralm_realm::data::{shared_data_dir, split_by_article, Dataset, QaExample};
+use ralm_realm::ask::{retrieve, QaSystem, Reader, RetrieverKind, DEFAULT_SCORE_SCALE};
+use ralm_realm::data::{shared_data_dir, split_by_article, ArticleSplit, Dataset, QaExample};
+use ralm_realm::finetune::open_checkpoint;
 use ralm_realm::generative::GenerativeReader;
 use ralm_realm::metrics::{exact_match, f1_score, first_hit, AnswerMatcher, RecallAtK};
 use ralm_realm::passages::{read_passages, MAX_PASSAGE_WORDPIECES};
@@ -31,6 +32,8 @@ enum QaCommand {
     Index(IndexArgs),
     /// Retrieval recall@1/5/20 and reader EM/F1 on a QA dataset.
     Eval(EvalArgs),
+    /// Fine-tune the query tower and the extractive reader (REALM) on squad-open's train articles.
+    Train(crate::qa_train::TrainArgs),
     #[command(flatten)]
     Lexical(crate::qa::QaCommand),
 }
@@ -57,12 +60,20 @@ impl ModelArgs {
     }
 }
 
+/// Default GGUF file of the generative reader.
+const SMOLLM2: &str = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
 /// Reader and retrieval options of `ask` and `qa eval`.
 #[derive(Args, Clone)]
 pub struct ReaderArgs {
-    /// GGUF file of the generative reader.
-    #[arg(long, default_value = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")]
-    pub reader: PathBuf,
+    /// Reader: `generative` (SmolLM2), a GGUF file, `extractive` (with --checkpoint), or the
+    /// output directory of `ralm qa train` (its query tower and extractive reader).
+    #[arg(long, default_value = "generative")]
+    pub reader: String,
+    /// Fine-tuned checkpoint (`ralm qa train --out`): its query tower retrieves; with
+    /// `--reader extractive` its reader reads.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
     /// Passages read per question.
     #[arg(long, default_value_t = 5)]
     pub k: usize,
@@ -74,19 +85,68 @@ pub struct ReaderArgs {
     pub scale: f64,
 }
 
+/// A QA system and, when a fine-tuned query tower asks the questions, the zero-shot encoder
+/// the index was built with.
+pub struct Loaded {
+    pub system: QaSystem,
+    pub zero_shot: Option<DenseEncoder>,
+}
+
 impl ReaderArgs {
-    /// Opens the QA index in `dir` with the models named by `models` and `self`.
-    pub fn system(&self, dir: &Path, models: &ModelArgs) -> anyhow::Result<QaSystem> {
-        let encoder = models.encoder()?;
-        let index = QaIndex::open(dir, &encoder)
+    /// The GGUF file of a generative reader (`None`: extractive) and the checkpoint, if any.
+    fn choice(&self) -> anyhow::Result<(Option<PathBuf>, Option<PathBuf>)> {
+        let path = PathBuf::from(&self.reader);
+        match self.reader.as_str() {
+            "generative" => Ok((Some(PathBuf::from(SMOLLM2)), self.checkpoint.clone())),
+            "extractive" => match &self.checkpoint {
+                Some(c) => Ok((None, Some(c.clone()))),
+                None => anyhow::bail!(
+                    "--reader extractive needs --checkpoint (a `ralm qa train` output)"
+                ),
+            },
+            _ if path.is_dir() => match &self.checkpoint {
+                Some(c) if c != &path => anyhow::bail!(
+                    "--reader {} and --checkpoint {} name different checkpoints",
+                    path.display(),
+                    c.display()
+                ),
+                _ => Ok((None, Some(path))),
+            },
+            _ => Ok((Some(path), self.checkpoint.clone())),
+        }
+    }
+
+    /// Opens the QA index in `dir` with the models named by `models` and `self`. A fine-tuned
+    /// query tower is accepted only when it was trained against the index's document encoder.
+    pub fn system(&self, dir: &Path, models: &ModelArgs) -> anyhow::Result<Loaded> {
+        let (gguf, checkpoint) = self.choice()?;
+        let document = models.encoder()?;
+        let index = QaIndex::open(dir, &document)
             .with_context(|| format!("opening QA index {}", dir.display()))?;
-        let reader = GenerativeReader::load(&self.reader, &Device::Cpu)
-            .with_context(|| format!("loading reader {}", self.reader.display()))?;
-        Ok(QaSystem {
-            index,
-            encoder,
-            reader,
-            score_scale: self.scale,
+        let (encoder, zero_shot, extractive) = match &checkpoint {
+            Some(c) => {
+                let ft = open_checkpoint(c, &document, models.batch, &Device::Cpu)
+                    .with_context(|| format!("opening checkpoint {}", c.display()))?;
+                (ft.query, Some(document), Some(ft.reader))
+            }
+            None => (document, None, None),
+        };
+        let reader = match (gguf, extractive) {
+            (Some(g), _) => Reader::Generative(
+                GenerativeReader::load(&g, &Device::Cpu)
+                    .with_context(|| format!("loading reader {}", g.display()))?,
+            ),
+            (None, Some(r)) => Reader::Extractive(r),
+            (None, None) => anyhow::bail!("no reader selected"),
+        };
+        Ok(Loaded {
+            system: QaSystem {
+                index,
+                encoder,
+                reader,
+                score_scale: self.scale,
+            },
+            zero_shot,
         })
     }
 }
@@ -153,6 +213,7 @@ pub fn run(args: QaArgs) -> anyhow::Result<()> {
     match args.cmd {
         QaCommand::Index(a) => index(a),
         QaCommand::Eval(a) => eval(a),
+        QaCommand::Train(a) => crate::qa_train::run(a),
         QaCommand::Lexical(c) => crate::qa::run(c),
     }
 }
@@ -217,7 +278,7 @@ fn index(a: IndexArgs) -> anyhow::Result<()> {
 }
 
 /// Every `n / limit`-th example (all when `limit` is 0 or at least `n`).
-fn spread_sample(examples: Vec<QaExample>, limit: usize) -> Vec<QaExample> {
+pub fn spread_sample(examples: Vec<QaExample>, limit: usize) -> Vec<QaExample> {
     if limit == 0 || limit >= examples.len() {
         return examples;
     }
@@ -234,26 +295,89 @@ fn eval_questions(a: &EvalArgs) -> anyhow::Result<Vec<QaExample>> {
         .load(&data)
         .with_context(|| format!("loading {}", a.dataset.path(&data).display()))?;
     let examples = match a.dataset {
-        Dataset::SquadOpen => {
-            let passages = read_passages(&squad_passages_path())?;
-            split_by_article(
-                &examples,
-                &passages,
-                ralm_realm::data::SQUAD_EVAL_ARTICLES,
-                a.seed,
-            )?
-            .eval
-        }
+        Dataset::SquadOpen => squad_split(examples, a.seed)?.eval,
         _ => examples,
     };
     Ok(spread_sample(examples, a.limit))
 }
 
+/// squad-open questions split by article ([`split_by_article`], seeded).
+pub fn squad_split(examples: Vec<QaExample>, seed: u64) -> anyhow::Result<ArticleSplit> {
+    let passages = read_passages(&squad_passages_path())?;
+    Ok(split_by_article(
+        &examples,
+        &passages,
+        ralm_realm::data::SQUAD_EVAL_ARTICLES,
+        seed,
+    )?)
+}
+
 const RECALL_KS: [usize; 3] = [1, 5, 20];
+
+/// EM/F1 of a reader over some questions.
+pub struct ReaderScores {
+    pub em: f64,
+    pub f1: f64,
+    pub questions_per_s: f64,
+    pub predictions: Vec<serde_json::Value>,
+}
+
+/// Answers `questions` with `system`, retrieving with `encoder` and `kind`, and scores them.
+pub fn score_reader(
+    system: &QaSystem,
+    encoder: &DenseEncoder,
+    questions: &[QaExample],
+    k: usize,
+    kind: RetrieverKind,
+    label: &str,
+) -> anyhow::Result<ReaderScores> {
+    let pb = bar(questions.len(), label);
+    let start = Instant::now();
+    let (mut em, mut f1) = (0.0, 0.0);
+    let mut predictions = Vec::new();
+    for ex in questions {
+        let r = system.ask_with(encoder, &ex.question, k, kind)?;
+        let answer = r.answer.map(|s| s.text).unwrap_or_default();
+        em += exact_match(&answer, &ex.answers);
+        f1 += f1_score(&answer, &ex.answers);
+        predictions.push(json!({"id": ex.id, "question": ex.question, "prediction": answer, "answers": ex.answers}));
+        pb.inc(1);
+        pb.set_message(format!("EM {:.1}%", 100.0 * em / predictions.len() as f64));
+    }
+    pb.finish_and_clear();
+    let n = questions.len().max(1) as f64;
+    Ok(ReaderScores {
+        em: em / n,
+        f1: f1 / n,
+        questions_per_s: questions.len() as f64 / start.elapsed().as_secs_f64(),
+        predictions,
+    })
+}
+
+/// The retrievers compared: `(label, kind, question encoder)`. With a fine-tuned query tower,
+/// both it and the zero-shot encoder are compared.
+fn retrievers(loaded: &Loaded) -> Vec<(&'static str, RetrieverKind, &DenseEncoder)> {
+    let main = &loaded.system.encoder;
+    match &loaded.zero_shot {
+        None => vec![
+            ("bm25", RetrieverKind::Bm25, main),
+            ("dense", RetrieverKind::Dense, main),
+            ("hybrid", RetrieverKind::Hybrid, main),
+        ],
+        Some(zs) => vec![
+            ("bm25", RetrieverKind::Bm25, main),
+            ("dense-zero-shot", RetrieverKind::Dense, zs),
+            ("hybrid-zero-shot", RetrieverKind::Hybrid, zs),
+            ("dense-fine-tuned", RetrieverKind::Dense, main),
+            ("hybrid-fine-tuned", RetrieverKind::Hybrid, main),
+        ],
+    }
+}
 
 fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let questions = eval_questions(&a)?;
-    let system = a.reader.system(&a.index, &a.models)?;
+    let loaded = a.reader.system(&a.index, &a.models)?;
+    let system = &loaded.system;
     let passages = system.index.passages();
     eprintln!(
         "{} questions, {} passages ({})",
@@ -262,16 +386,13 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         a.index.display()
     );
     let mut results = serde_json::Map::new();
-    for kind in [
-        RetrieverKind::Bm25,
-        RetrieverKind::Dense,
-        RetrieverKind::Hybrid,
-    ] {
-        let pb = bar(questions.len(), &format!("{kind:?}"));
+    let retrievers = retrievers(&loaded);
+    for &(label, kind, encoder) in &retrievers {
+        let pb = bar(questions.len(), label);
         let start = Instant::now();
         let mut recall = RecallAtK::new(&RECALL_KS);
         for ex in &questions {
-            let r = retrieve(&system.index, &system.encoder, &ex.question, 20, kind)?;
+            let r = retrieve(&system.index, encoder, &ex.question, 20, kind)?;
             let matcher = AnswerMatcher::for_example(ex);
             recall.add(first_hit(
                 r.hits.iter().map(|&(i, _)| passages[i].text.as_str()),
@@ -283,7 +404,7 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         let qps = questions.len() as f64 / start.elapsed().as_secs_f64();
         let recalls = recall.recalls();
         println!(
-            "{kind:?}: {} ({qps:.1} questions/s)",
+            "{label}: {} ({qps:.1} questions/s)",
             recalls
                 .iter()
                 .map(|(k, r)| format!("R@{k} {:.1}%", 100.0 * r))
@@ -295,39 +416,41 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
             .map(|(k, r)| (format!("@{k}"), json!(r)))
             .collect();
         results.insert(
-            format!("{kind:?}").to_lowercase(),
+            label.to_string(),
             json!({"recall": recall_json, "questions_per_s": qps}),
         );
     }
     let n_read = a.reader_limit.min(questions.len());
-    if n_read > 0 {
-        let pb = bar(n_read, "reader");
-        let start = Instant::now();
-        let (mut em, mut f1) = (0.0, 0.0);
-        let mut predictions = Vec::new();
-        for ex in &questions[..n_read] {
-            let r = system.ask(&ex.question, a.reader.k, a.reader.retriever)?;
-            let answer = r.answer.map(|s| s.text).unwrap_or_default();
-            em += exact_match(&answer, &ex.answers);
-            f1 += f1_score(&answer, &ex.answers);
-            predictions.push(json!({"id": ex.id, "question": ex.question, "prediction": answer, "answers": ex.answers}));
-            pb.inc(1);
-            pb.set_message(format!("EM {:.1}%", 100.0 * em / predictions.len() as f64));
-        }
-        pb.finish_and_clear();
-        let qps = n_read as f64 / start.elapsed().as_secs_f64();
-        let (em, f1) = (em / n_read as f64, f1 / n_read as f64);
-        println!(
-            "reader ({:?}, k={}): EM {:.1}%  F1 {:.1}% on {n_read} questions ({qps:.2} questions/s)",
-            a.reader.retriever,
+    // With a checkpoint the reader is compared across retrievers; else the chosen one is used.
+    let reader_runs: Vec<(String, RetrieverKind, &DenseEncoder)> = match loaded.zero_shot {
+        Some(_) => retrievers
+            .iter()
+            .filter(|r| r.0 != "hybrid-zero-shot")
+            .map(|&(l, k, e)| (format!("reader-{l}"), k, e))
+            .collect(),
+        None => vec![("reader".into(), a.reader.retriever, &system.encoder)],
+    };
+    for (label, kind, encoder) in reader_runs.iter().filter(|_| n_read > 0) {
+        let s = score_reader(
+            system,
+            encoder,
+            &questions[..n_read],
             a.reader.k,
-            100.0 * em,
-            100.0 * f1
+            *kind,
+            label,
+        )?;
+        println!(
+            "{label} ({kind:?}, k={}): EM {:.1}%  F1 {:.1}% on {n_read} questions ({:.2} questions/s)",
+            a.reader.k,
+            100.0 * s.em,
+            100.0 * s.f1,
+            s.questions_per_s
         );
         results.insert(
-            "reader".into(),
-            json!({"retriever": a.reader.retriever, "k": a.reader.k, "questions": n_read,
-                   "em": em, "f1": f1, "questions_per_s": qps, "predictions": predictions}),
+            label.clone(),
+            json!({"retriever": kind, "k": a.reader.k, "questions": n_read,
+                   "em": s.em, "f1": s.f1, "questions_per_s": s.questions_per_s,
+                   "predictions": s.predictions}),
         );
     }
     if let Some(path) = &a.json_out {

@@ -1,5 +1,5 @@
 //! Open-domain question answering end to end: retrieve the top-k passages, read each with the
-//! generative reader, and marginalise the answers over the passages:
+//! generative or the extractive reader, and marginalise the answers over the passages:
 //! `score(a) = Σ_z p(z|x) · p(a|x,z)`.
 
 use std::collections::HashSet;
@@ -10,7 +10,9 @@ use serde::Serialize;
 use crate::error::{RealmError, Result};
 use crate::generative::GenerativeReader;
 use crate::metrics::normalize_answer;
+use crate::passages::Passage;
 use crate::qa_index::QaIndex;
+use crate::reader::ExtractiveReader;
 use crate::retriever::DenseEncoder;
 
 /// Default scale of inner products in `p(z|x) = softmax(scale · q·d)`: the 20 that
@@ -118,11 +120,94 @@ pub struct AskResult {
     pub warnings: Vec<String>,
 }
 
+/// The reader of a [`QaSystem`].
+pub enum Reader {
+    /// SmolLM2 writes an answer per passage; every candidate is scored under every passage.
+    Generative(GenerativeReader),
+    /// A trained span extractor; `p(a|x,z)` sums `p(s|z,x)` over the spans that read as `a`.
+    Extractive(ExtractiveReader),
+}
+
+/// Candidate answers, and what the reader answered from each passage alone.
+struct Reading {
+    candidates: Vec<String>,
+    /// `log p(a|x,z)`, `[candidate][passage]`.
+    logp: Vec<Vec<f64>>,
+    per_passage: Vec<String>,
+}
+
+impl Reader {
+    fn read(&self, question: &str, passages: &[&Passage]) -> Result<Reading> {
+        match self {
+            Reader::Generative(reader) => {
+                let primed = passages
+                    .iter()
+                    .map(|p| reader.prime(question, p))
+                    .collect::<Result<Vec<_>>>()?;
+                let per_passage = primed
+                    .iter()
+                    .map(|p| reader.generate(p))
+                    .collect::<Result<Vec<_>>>()?;
+                let candidates = group_answers(&per_passage);
+                let logp = candidates
+                    .iter()
+                    .map(|a| {
+                        primed
+                            .iter()
+                            .map(|p| reader.score(p, a))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Reading {
+                    candidates,
+                    logp,
+                    per_passage,
+                })
+            }
+            Reader::Extractive(reader) => {
+                let read = reader.read(question, passages)?;
+                let all: Vec<String> = read
+                    .iter()
+                    .flat_map(|r| r.spans.iter().map(|(t, _)| t.clone()))
+                    .collect();
+                let candidates = group_answers(&all);
+                let logp = candidates
+                    .iter()
+                    .map(|a| {
+                        let key = normalize_answer(a);
+                        read.iter()
+                            .map(|r| {
+                                r.spans
+                                    .iter()
+                                    .filter(|(t, _)| normalize_answer(t) == key)
+                                    .map(|(_, p)| p)
+                                    .sum::<f64>()
+                                    .ln()
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let per_passage = read
+                    .iter()
+                    .map(|r| r.spans.first().map(|s| s.0.clone()).unwrap_or_default())
+                    .collect();
+                Ok(Reading {
+                    candidates,
+                    logp,
+                    per_passage,
+                })
+            }
+        }
+    }
+}
+
 /// A QA index, the question encoder that matches it, and a reader.
 pub struct QaSystem {
     pub index: QaIndex,
+    /// The question encoder: the zero-shot encoder the index was built with, or a query tower
+    /// fine-tuned against it.
     pub encoder: DenseEncoder,
-    pub reader: GenerativeReader,
+    pub reader: Reader,
     /// Scale of inner products in `p(z|x)`.
     pub score_scale: f64,
 }
@@ -167,35 +252,30 @@ pub fn retrieve(
 impl QaSystem {
     /// Answers `question` from its top-`k` passages.
     pub fn ask(&self, question: &str, k: usize, kind: RetrieverKind) -> Result<AskResult> {
-        let r = retrieve(&self.index, &self.encoder, question, k, kind)?;
+        self.ask_with(&self.encoder, question, k, kind)
+    }
+
+    /// [`ask`](Self::ask) with another question encoder for the index (e.g. the zero-shot one
+    /// beside a fine-tuned query tower).
+    pub fn ask_with(
+        &self,
+        encoder: &DenseEncoder,
+        question: &str,
+        k: usize,
+        kind: RetrieverKind,
+    ) -> Result<AskResult> {
+        let r = retrieve(&self.index, encoder, question, k, kind)?;
         let scores: Vec<f32> = r.hits.iter().map(|h| h.1).collect();
         let p_z = passage_posterior(&scores, self.score_scale);
         let passages = self.index.passages();
-        let primed = r
-            .hits
-            .iter()
-            .map(|&(i, _)| self.reader.prime(&r.question, &passages[i]))
-            .collect::<Result<Vec<_>>>()?;
-        let reader_answers = primed
-            .iter()
-            .map(|p| self.reader.generate(p))
-            .collect::<Result<Vec<_>>>()?;
-        let candidates = group_answers(&reader_answers);
-        let logp = candidates
-            .iter()
-            .map(|a| {
-                primed
-                    .iter()
-                    .map(|p| self.reader.score(p, a))
-                    .collect::<Result<Vec<_>>>()
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let answers = marginalize(&p_z, &candidates, &logp);
+        let hits: Vec<&Passage> = r.hits.iter().map(|&(i, _)| &passages[i]).collect();
+        let reading = self.reader.read(&r.question, &hits)?;
+        let answers = marginalize(&p_z, &reading.candidates, &reading.logp);
         let evidence = r
             .hits
             .iter()
             .zip(&p_z)
-            .zip(reader_answers)
+            .zip(reading.per_passage)
             .map(|((&(i, score), &prob), reader_answer)| Evidence {
                 id: passages[i].id.clone(),
                 title: passages[i].title.clone(),

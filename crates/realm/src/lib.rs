@@ -3,17 +3,21 @@
 //! The model-free layer: dataset readers ([`data`]), REALM-style passage
 //! chunking ([`passages`]), answer metrics ([`metrics`]) and a BM25 baseline ([`bm25`]).
 //! On top: the dense retriever ([`retriever`]), QA index directories ([`qa_index`]), the
-//! generative reader ([`generative`]) and end-to-end question answering ([`ask`]).
+//! generative reader ([`generative`]), the extractive reader ([`reader`]), REALM fine-tuning of
+//! the query tower and reader ([`finetune`]) and end-to-end question answering ([`ask`]).
 
 pub mod ask;
 pub mod bm25;
 pub mod data;
 pub mod error;
+pub mod finetune;
 mod fsutil;
 pub mod generative;
 pub mod metrics;
 pub mod passages;
 pub mod qa_index;
+pub mod reader;
 pub mod retriever;
+pub mod trainable;
 
 pub use error::{RealmError, Result};

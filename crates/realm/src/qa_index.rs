@@ -311,9 +311,14 @@ impl QaIndex {
         &self.passages
     }
 
+    /// The stored (document-tower) vector of passage `i`.
+    pub fn vector(&self, i: usize) -> &[f32] {
+        &self.vectors[i * self.dim..(i + 1) * self.dim]
+    }
+
     /// Inner product of a question vector with passage `i`'s vector.
     pub fn score(&self, query: &[f32], i: usize) -> f32 {
-        dot(query, &self.vectors[i * self.dim..(i + 1) * self.dim])
+        dot(query, self.vector(i))
     }
 
     /// Top-`k` passages by inner product with `query`, best first.

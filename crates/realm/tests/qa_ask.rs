@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use ralm_models::bert::Pooling;
-use ralm_realm::ask::{retrieve, QaSystem, RetrieverKind, DEFAULT_SCORE_SCALE};
+use ralm_realm::ask::{retrieve, QaSystem, Reader, RetrieverKind, DEFAULT_SCORE_SCALE};
 use ralm_realm::data::repo_root;
 use ralm_realm::generative::GenerativeReader;
 use ralm_realm::metrics::normalize_answer;
@@ -172,7 +172,7 @@ fn ask_answers_from_the_retrieved_passage() {
     let system = QaSystem {
         index: QaIndex::open(&out, &enc).unwrap(),
         encoder: enc,
-        reader: GenerativeReader::load(&reader, &Device::Cpu).unwrap(),
+        reader: Reader::Generative(GenerativeReader::load(&reader, &Device::Cpu).unwrap()),
         score_scale: DEFAULT_SCORE_SCALE,
     };
     let long = format!("What is the capital of France? {}", "Please. ".repeat(100));
