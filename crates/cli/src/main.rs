@@ -10,6 +10,7 @@ mod lm;
 mod plot;
 mod qa;
 mod qa_dense;
+mod serve;
 mod translate;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +44,10 @@ enum Command {
     Mt(translate::MtArgs),
     /// Speed benchmarks.
     Bench(bench::BenchArgs),
+    /// Serve retrieval, QA, kNN-LM and translation over HTTP.
+    Serve(serve::ServeArgs),
+    /// Load-test the HTTP service on loopback (batching on and off).
+    Loadtest(serve::LoadtestArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,5 +61,7 @@ fn main() -> anyhow::Result<()> {
         Command::Translate(args) => translate::run(args),
         Command::Mt(args) => translate::run_mt(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(a) => serve::run(a),
+        Command::Loadtest(a) => serve::run_loadtest(a),
     }
 }
