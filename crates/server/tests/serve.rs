@@ -416,6 +416,12 @@ async fn every_endpoint_and_error_case() {
     );
 
     // kNN-LM scoring: the server's λ plumbing agrees with the library's own scoring.
+    let cfg2 = cfg.clone();
+    let reference = Arc::new(
+        tokio::task::spawn_blocking(move || load_knnlm(&cfg2, &cfg2.datastores[0]).unwrap())
+            .await
+            .unwrap(),
+    );
     let text = "The river flows north through the valley before it reaches the sea.";
     let r = post(c, "/v1/lm/score", json!({"text": text})).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -426,15 +432,10 @@ async fn every_endpoint_and_error_case() {
         .iter()
         .map(|x| x.as_f64().unwrap())
         .collect();
-    let cfg2 = cfg.clone();
-    let want = tokio::task::spawn_blocking(move || {
-        load_knnlm(&cfg2, &cfg2.datastores[0])
-            .unwrap()
-            .score_text(text)
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let knn = reference.clone();
+    let want = tokio::task::spawn_blocking(move || knn.score_text(text).unwrap())
+        .await
+        .unwrap();
     assert_eq!(got.len(), want.len());
     assert_eq!(v["tokens"].as_array().unwrap().len(), want.len());
     for (g, w) in got.iter().zip(&want) {
@@ -498,9 +499,8 @@ async fn every_endpoint_and_error_case() {
     assert_eq!(last, "done", "{events:?}");
     let done: Value = serde_json::from_str(done).unwrap();
     assert_eq!(done["tokens"], ids.len());
-    let cfg3 = cfg.clone();
+    let knn = reference.clone();
     let want = tokio::task::spawn_blocking(move || {
-        let knn = load_knnlm(&cfg3, &cfg3.datastores[0]).unwrap();
         let p = knn.tokenizer.encode(prompt).unwrap();
         let out = knn
             .generate(&p, 6, &mut Sampler::Greedy, knn.tokenizer.eos_id())
