@@ -13,6 +13,7 @@ mod progress;
 mod qa;
 mod qa_dense;
 mod qa_train;
+mod serve;
 mod translate;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +50,10 @@ enum Command {
     Mt(translate::MtArgs),
     /// Speed benchmarks.
     Bench(bench::BenchArgs),
+    /// Serve retrieval, QA, kNN-LM and translation over HTTP.
+    Serve(serve::ServeArgs),
+    /// Load-test the HTTP service on loopback (batching on and off).
+    Loadtest(serve::LoadtestArgs),
 }
 
 /// Keeps freed tensor buffers inside the process: glibc otherwise returns every large buffer
@@ -83,5 +88,7 @@ fn main() -> anyhow::Result<()> {
         Command::Translate(args) => translate::run(args),
         Command::Mt(args) => translate::run_mt(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(a) => serve::run(a),
+        Command::Loadtest(a) => serve::run_loadtest(a),
     }
 }
