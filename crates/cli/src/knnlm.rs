@@ -3,7 +3,7 @@
 use crate::plot::{Chart, Series};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use ralm_index::{Metric, SearchParams};
 use ralm_knn::knnlm::chunks::PassOptions;
 use ralm_knn::knnlm::corpus::{Corpus, Source};
@@ -104,14 +104,10 @@ pub struct BuildArgs {
 
 /// A progress bar over `total` datastore entries.
 pub(crate) fn bar(total: usize) -> ProgressBar {
-    let pb = ProgressBar::new(total as u64);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} tokens {msg} elapsed {elapsed_precise} ETA {eta_precise}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb
+    crate::progress::bar(
+        total as u64,
+        "{bar:40} {pos}/{len} tokens {msg} elapsed {elapsed_precise} ETA {eta_precise}",
+    )
 }
 
 fn sources(specs: &[String], field: Option<&str>) -> anyhow::Result<Vec<Source>> {
@@ -168,17 +164,22 @@ fn run_build(a: &BuildArgs) -> anyhow::Result<()> {
     let stop = || a.stop_after_chunks.is_some_and(|n| chunks_done.get() >= n);
     let outcome = build(&a.out, &lm, &tok, &corpus, &opts, &mut progress, &stop)?;
     pb.finish();
+    report_build(&a.out, &outcome, start);
+    Ok(())
+}
+
+/// Says how a datastore build ended: its size and time, or how to resume it.
+pub(crate) fn report_build(out: &Path, outcome: &BuildOutcome, start: std::time::Instant) {
     match outcome {
         BuildOutcome::Complete(n) => eprintln!(
             "datastore {}: {n} entries, {:.1}s",
-            a.out.display(),
+            out.display(),
             start.elapsed().as_secs_f64()
         ),
         BuildOutcome::Interrupted { done, total } => eprintln!(
             "stopped after {done} of {total} chunks; run the same command again to resume"
         ),
     }
-    Ok(())
 }
 
 #[derive(Args)]

@@ -7,7 +7,7 @@ use crate::translate::{translate_all, ModelArgs};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use ralm_index::{Metric, SearchParams};
-use ralm_knn::datastore::build::{BuildOutcome, BuildProgress};
+use ralm_knn::datastore::build::BuildProgress;
 use ralm_knn::datastore::{read_json, write_json};
 use ralm_knn::knnmt::tune::ForcedNeighbours;
 use ralm_knn::knnmt::{
@@ -231,16 +231,7 @@ fn run_build(a: &BuildArgs) -> anyhow::Result<()> {
         &stop,
     )?;
     pb.finish();
-    match outcome {
-        BuildOutcome::Complete(n) => eprintln!(
-            "datastore {}: {n} entries, {:.1}s",
-            a.out.display(),
-            start.elapsed().as_secs_f64()
-        ),
-        BuildOutcome::Interrupted { done, total } => eprintln!(
-            "stopped after {done} of {total} chunks; run the same command again to resume"
-        ),
-    }
+    crate::knnlm::report_build(&a.out, &outcome, start);
     Ok(())
 }
 

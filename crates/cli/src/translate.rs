@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::Tensor;
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use ralm_knn::knnmt::{Pairs, Retrieval};
 use ralm_knn::mt_metrics::{corpus_bleu, corpus_chrf};
 use ralm_models::marian::{Precision, Translator};
@@ -87,14 +87,10 @@ struct EvalArgs {
 }
 
 fn progress(n: usize) -> ProgressBar {
-    let pb = ProgressBar::new(n as u64);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} sentences, {per_sec} [{elapsed_precise}]",
-        )
-        .expect("valid template"),
-    );
-    pb
+    crate::progress::bar(
+        n as u64,
+        "{bar:40} {pos}/{len} sentences, {per_sec} [{elapsed_precise}]",
+    )
 }
 
 /// Translates in chunks with a progress bar, mixing in retrieval when given; returns the
