@@ -56,27 +56,7 @@ enum Command {
     Loadtest(serve::LoadtestArgs),
 }
 
-/// Keeps freed tensor buffers inside the process: glibc otherwise returns every large buffer
-/// to the kernel and the next forward pass page-faults it back in (a quarter fewer page faults
-/// and about 4% less CPU time on `ralm bench encode`).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_allocator() {
-    // glibc's largest allowed mmap threshold on 64-bit targets.
-    const MMAP_THRESHOLD: libc::c_int = 32 << 20;
-    const TRIM_THRESHOLD: libc::c_int = 1 << 30;
-    // SAFETY: mallopt only adjusts allocator parameters; called before any threads start.
-    // A refused value leaves glibc's default, which is correct, only slower.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_allocator() {}
-
 fn main() -> anyhow::Result<()> {
-    tune_allocator();
     match Cli::parse().cmd {
         Command::Ask(a) => ask::run(a),
         Command::Qa(a) => qa_dense::run(a),
