@@ -1,7 +1,6 @@
 //! `ralm embed`: texts (.txt lines or a .jsonl field) → `.npy` f32 matrix `[n, d]`.
 
 use anyhow::{bail, Context};
-use candle_core::Device;
 use clap::Args;
 use ralm_models::bert::{BertEncoder, EncoderOptions, Pooling};
 use ralm_models::weights::write_atomic;
@@ -42,7 +41,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         normalize: args.normalize,
         batch_size: args.batch_size,
     };
-    let encoder = BertEncoder::load(&args.model, options, &Device::Cpu)?;
+    let encoder = BertEncoder::load(&args.model, options, &crate::device::current())?;
     let dim = encoder.dim();
 
     let bar = crate::progress::bar(

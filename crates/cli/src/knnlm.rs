@@ -46,7 +46,7 @@ impl ModelArgs {
         } else {
             WeightMode::Quantized
         };
-        let lm = LlamaModel::load(&self.model, mode, &candle_core::Device::Cpu)
+        let lm = LlamaModel::load(&self.model, mode, &crate::device::current())
             .with_context(|| format!("loading {}", self.model.display()))?;
         let tok = LmTokenizer::for_model(&self.model)?;
         Ok((lm, tok))

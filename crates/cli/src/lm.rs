@@ -1,7 +1,7 @@
-//! `ralm lm score`: perplexity of a text file under a causal LM with sliding windows.
+//! `ralm lm score`: perplexity of a text file under a causal LM with sliding windows;
+//! `ralm lm tokenizer`: a model's tokenizer written as `tokenizer.json`.
 
 use anyhow::Context;
-use candle_core::Device;
 use clap::{Args, Subcommand};
 use ralm_models::bpe::LmTokenizer;
 use ralm_models::llama::{LlamaModel, ScoreOptions, WeightMode};
@@ -19,6 +19,19 @@ pub struct LmArgs {
 enum LmCommand {
     /// Per-token NLL and perplexity of a UTF-8 text file.
     Score(ScoreArgs),
+    /// Write a model's tokenizer (e.g. the one a GGUF file describes) as an HF tokenizer.json.
+    Tokenizer(TokenizerArgs),
+}
+
+/// Arguments of `ralm lm tokenizer`.
+#[derive(Args)]
+pub struct TokenizerArgs {
+    /// A `.gguf` file or an HF Llama directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Where to write the tokenizer.json.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// Arguments of `ralm lm score`.
@@ -47,7 +60,16 @@ pub struct ScoreArgs {
 pub fn run(args: LmArgs) -> anyhow::Result<()> {
     match args.cmd {
         LmCommand::Score(a) => score(a),
+        LmCommand::Tokenizer(a) => export_tokenizer(&a),
     }
+}
+
+/// Writes the model's tokenizer to `a.out` (temporary name, then rename).
+fn export_tokenizer(a: &TokenizerArgs) -> anyhow::Result<()> {
+    let tok = LmTokenizer::for_model(&a.model)?;
+    crate::io::write_atomic(&a.out, tok.to_json()?.as_bytes())?;
+    eprintln!("wrote {} ({} tokens)", a.out.display(), tok.vocab_size());
+    Ok(())
 }
 
 /// Reads `path` as UTF-8 text, naming the file on failure.
@@ -69,7 +91,7 @@ pub fn load_model(path: &Path, quantized: bool) -> anyhow::Result<LlamaModel> {
     } else {
         WeightMode::F32
     };
-    Ok(LlamaModel::load(path, mode, &Device::Cpu)?)
+    Ok(LlamaModel::load(path, mode, &crate::device::current())?)
 }
 
 fn score(a: ScoreArgs) -> anyhow::Result<()> {

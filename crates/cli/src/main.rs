@@ -2,6 +2,7 @@
 
 mod ask;
 mod bench;
+mod device;
 mod embed;
 mod generate;
 mod io;
@@ -22,6 +23,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "ralm", version, about)]
 struct Cli {
+    /// Where models run: cpu (default), cuda or cuda:N (CUDA needs a build with the `cuda`
+    /// feature: scripts/build-cuda.sh).
+    #[arg(long, global = true)]
+    device: Option<String>,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -57,7 +62,9 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().cmd {
+    let cli = Cli::parse();
+    device::select(cli.device.as_deref())?;
+    match cli.cmd {
         Command::Ask(a) => ask::run(a),
         Command::Qa(a) => qa_dense::run(a),
         Command::Embed(args) => embed::run(args),

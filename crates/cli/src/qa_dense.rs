@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::Device;
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
 use ralm_models::bert::Pooling;
@@ -55,8 +54,13 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Loads the dense encoder on the CPU.
     pub fn encoder(&self) -> anyhow::Result<DenseEncoder> {
-        DenseEncoder::load(&self.encoder, self.pooling, self.batch, &Device::Cpu)
-            .with_context(|| format!("loading encoder {}", self.encoder.display()))
+        DenseEncoder::load(
+            &self.encoder,
+            self.pooling,
+            self.batch,
+            &crate::device::current(),
+        )
+        .with_context(|| format!("loading encoder {}", self.encoder.display()))
     }
 }
 
@@ -125,7 +129,7 @@ impl ReaderArgs {
             .with_context(|| format!("opening QA index {}", dir.display()))?;
         let (encoder, zero_shot, extractive) = match &checkpoint {
             Some(c) => {
-                let ft = open_checkpoint(c, &document, models.batch, &Device::Cpu)
+                let ft = open_checkpoint(c, &document, models.batch, &crate::device::current())
                     .with_context(|| format!("opening checkpoint {}", c.display()))?;
                 (ft.query, Some(document), Some(ft.reader))
             }
@@ -133,7 +137,7 @@ impl ReaderArgs {
         };
         let reader = match (gguf, extractive) {
             (Some(g), _) => Reader::Generative(
-                GenerativeReader::load(&g, &Device::Cpu)
+                GenerativeReader::load(&g, &crate::device::current())
                     .with_context(|| format!("loading reader {}", g.display()))?,
             ),
             (None, Some(r)) => Reader::Extractive(r),

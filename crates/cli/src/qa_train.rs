@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::Device;
 use clap::Args;
 use ralm_realm::ask::{QaSystem, Reader, RetrieverKind, DEFAULT_SCORE_SCALE};
 use ralm_realm::data::{shared_data_dir, Dataset, QaExample};
@@ -205,7 +204,7 @@ fn evaluate(
     document: &DenseEncoder,
     questions: &[QaExample],
 ) -> anyhow::Result<(f64, f64)> {
-    let ft = open_checkpoint(&a.out, document, a.models.batch, &Device::Cpu)?;
+    let ft = open_checkpoint(&a.out, document, a.models.batch, &crate::device::current())?;
     let system = QaSystem {
         index: QaIndex::open(&a.index, document)?,
         encoder: ft.query,
@@ -234,7 +233,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening QA index {}", a.index.display()))?;
     let steps_per_epoch = train.len().div_ceil(a.batch_questions.max(1));
     let total_steps = steps_per_epoch * a.epochs;
-    let device = Device::Cpu;
+    let device = crate::device::current();
     let mut trainer = if a.resume {
         let dir = checkpoint_dir(&a.out);
         read_state(&dir)

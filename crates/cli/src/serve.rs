@@ -81,6 +81,9 @@ impl ServerArgs {
         if let Some(lm) = &self.lm {
             c.lm = lm.clone();
         }
+        if let Some(d) = crate::device::given_name() {
+            c.device = d;
+        }
         if let Some(t) = self
             .admin_token
             .clone()

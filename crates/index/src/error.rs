@@ -20,6 +20,9 @@ pub enum IndexError {
     /// A caller passed an argument the index cannot accept.
     #[error("{0}")]
     Invalid(String),
+    /// The GPU failed or ran out of memory (CUDA builds).
+    #[error("GPU: {0}")]
+    Gpu(String),
 }
 
 impl IndexError {
@@ -50,6 +53,11 @@ impl IndexError {
     /// An invalid argument.
     pub fn invalid(msg: impl Into<String>) -> Self {
         Self::Invalid(msg.into())
+    }
+
+    /// A GPU failure.
+    pub fn gpu(msg: impl Into<String>) -> Self {
+        Self::Gpu(msg.into())
     }
 }
 

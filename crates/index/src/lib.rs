@@ -7,6 +7,8 @@ mod array;
 pub mod builder;
 pub mod error;
 pub mod flat;
+#[cfg(any(feature = "cuda", test))]
+mod gpu;
 pub mod ivfpq;
 mod kernel;
 mod kmeans;
@@ -22,6 +24,8 @@ mod topk;
 pub use builder::{BuildConfig, IndexBuilder, IndexKind};
 pub use error::{IndexError, Result};
 pub use flat::FlatIndex;
+#[cfg(feature = "cuda")]
+pub use gpu::GpuFlatIndex;
 pub use ivfpq::{IvfPqIndex, IvfPqParams};
 pub use metric::{KeyType, Metric};
 pub use persist::{open_expecting, open_index, AnyIndex, Expect, Manifest, OpenOptions};

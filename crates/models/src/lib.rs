@@ -3,6 +3,7 @@
 
 pub mod bert;
 pub mod bpe;
+pub mod device;
 pub mod error;
 pub mod fast_ops;
 pub mod gguf;
@@ -11,4 +12,5 @@ pub mod llama;
 pub mod marian;
 pub mod weights;
 
+pub use device::parse_device;
 pub use error::{ModelError, Result};

@@ -61,14 +61,14 @@ impl Safetensors {
             .map_err(|msg| ModelError::format(&self.path, msg))
     }
 
-    /// A `VarBuilder` reading from this file; names resolve as in [`Safetensors::load`], and a
-    /// missing or mis-shaped tensor is reported with its name.
-    pub fn var_builder(self, prefix: &str, device: &Device) -> VarBuilder<'static> {
+    /// A `VarBuilder` reading from this file as `dtype`; names resolve as in
+    /// [`Safetensors::load`], and a missing or mis-shaped tensor is reported with its name.
+    pub fn var_builder(self, prefix: &str, dtype: DType, device: &Device) -> VarBuilder<'static> {
         let backend = PrefixedBackend {
             inner: Arc::new(self),
             prefix: prefix.to_string(),
         };
-        VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone())
+        VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
     }
 
     /// Overwrites every variable of `varmap` with the file's tensor of the same name (resolved

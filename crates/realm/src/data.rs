@@ -45,9 +45,12 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..")
 }
 
-/// The read-only shared datasets directory, `<repo root>/../shared/data`.
+/// The read-only shared datasets directory: `$RALM_DATA_DIR` when set (a binary used away
+/// from its source tree), else `<repo root>/../shared/data`.
 pub fn shared_data_dir() -> PathBuf {
-    repo_root().join("..").join("shared").join("data")
+    std::env::var_os("RALM_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("..").join("shared").join("data"))
 }
 
 /// The open-domain QA datasets this crate can read.

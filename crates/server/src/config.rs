@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub batching: Batching,
     /// Bearer token the admin endpoints demand (none: admin endpoints are open).
     pub admin_token: Option<String>,
+    /// Where the models run: `cpu`, `cuda` or `cuda:N` (CUDA needs a `cuda` build).
+    pub device: String,
 }
 
 /// A named directory or file.
@@ -159,6 +161,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             batching: Batching::default(),
             admin_token: None,
+            device: "cpu".into(),
         }
     }
 }

@@ -130,13 +130,22 @@ fn qa_version(dir: &Path) -> Result<u64, LoadError> {
         .ok_or_else(|| LoadError::load("QA index", dir, "no dense snapshot published"))
 }
 
+/// The device the config names.
+fn device(cfg: &ServerConfig) -> Result<Device, LoadError> {
+    ralm_models::parse_device(&cfg.device).map_err(|e| LoadError::Config {
+        path: "device".into(),
+        msg: e.to_string(),
+    })
+}
+
 /// Loads the encoder, the QA index in `dir` and the reader.
 pub fn load_qa(cfg: &ServerConfig, dir: &Path) -> Result<(u64, QaSystem), LoadError> {
     let version = qa_version(dir)?;
-    let encoder = DenseEncoder::load(&cfg.encoder, Pooling::Mean, cfg.encoder_batch, &Device::Cpu)
+    let device = device(cfg)?;
+    let encoder = DenseEncoder::load(&cfg.encoder, Pooling::Mean, cfg.encoder_batch, &device)
         .map_err(|e| LoadError::load("encoder", &cfg.encoder, e))?;
     let index = QaIndex::open(dir, &encoder).map_err(|e| LoadError::load("QA index", dir, e))?;
-    let reader = GenerativeReader::load(&cfg.reader, &Device::Cpu)
+    let reader = GenerativeReader::load(&cfg.reader, &device)
         .map_err(|e| LoadError::load("reader", &cfg.reader, e))?;
     let system = QaSystem {
         index,
@@ -154,7 +163,7 @@ pub fn load_knnlm(cfg: &ServerConfig, ds: &DatastoreConfig) -> Result<KnnLm, Loa
     } else {
         WeightMode::Quantized
     };
-    let lm = LlamaModel::load(&cfg.lm, mode, &Device::Cpu)
+    let lm = LlamaModel::load(&cfg.lm, mode, &device(cfg)?)
         .map_err(|e| LoadError::load("language model", &cfg.lm, e))?;
     let tokenizer =
         LmTokenizer::for_model(&cfg.lm).map_err(|e| LoadError::load("tokenizer", &cfg.lm, e))?;

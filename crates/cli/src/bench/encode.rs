@@ -1,7 +1,7 @@
 //! `ralm bench encode`: BERT encoding throughput against a PyTorch reference.
 
 use anyhow::Context;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Tensor};
 use clap::Args;
 use ralm_models::bert::{BertModel, Mode};
 use std::path::PathBuf;
@@ -9,6 +9,8 @@ use std::path::PathBuf;
 /// PyTorch f32 MiniLM encoding on the project's 2-core reference machine, measured elsewhere
 /// (batch 32 × 128 tokens).
 const PYTORCH_ENCODE_TOKENS_PER_S: f64 = 3800.0;
+/// PyTorch 2.11 MiniLM encoding on an H100 (random weights, batch 256 × 128), f32 and bf16.
+const PYTORCH_H100_ENCODE: [(DType, f64); 2] = [(DType::F32, 1.66e6), (DType::BF16, 5.9e6)];
 
 /// Arguments of `ralm bench encode`.
 #[derive(Args)]
@@ -25,12 +27,25 @@ pub struct EncodeArgs {
     /// Timed forward passes (after one warm-up pass).
     #[arg(long, default_value_t = 5)]
     iters: usize,
+    /// Weight and activation type: f32, bf16 or f16 (the half types are for GPUs).
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    dtype: DType,
+}
+
+/// Parses `f32`, `bf16` or `f16`.
+pub(crate) fn parse_dtype(s: &str) -> Result<DType, String> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        _ => Err(format!("unknown dtype '{s}' (expected f32, bf16 or f16)")),
+    }
 }
 
 /// Runs `ralm bench encode`.
 pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
-    let dev = Device::Cpu;
-    let model = BertModel::load(&args.model, &dev)
+    let dev = crate::device::current();
+    let model = BertModel::load_as(&args.model, args.dtype, &dev)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let (b, t) = (args.batch, args.seq);
     anyhow::ensure!(b > 0 && t >= 2, "need --batch >= 1 and --seq >= 2");
@@ -45,29 +60,45 @@ pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
         .collect();
     let ids = Tensor::from_vec(ids, (b, t), &dev)?;
     let types = ids.zeros_like()?;
-    let mask = Tensor::ones((b, t), candle_core::DType::F32, &dev)?;
+    let mask = Tensor::ones((b, t), DType::F32, &dev)?;
     let run = || model.forward(&ids, &types, &mask, Mode::Inference);
     run()?;
+    dev.synchronize()?;
     let timer = super::Timer::start();
     for _ in 0..args.iters {
         run()?;
     }
+    dev.synchronize()?;
     let (wall, cpu) = timer.elapsed();
+    let (reference, origin) = if dev.is_cpu() {
+        (
+            PYTORCH_ENCODE_TOKENS_PER_S,
+            "PyTorch f32, batch 32 x 128, on the 2-core machine",
+        )
+    } else {
+        let r = PYTORCH_H100_ENCODE
+            .iter()
+            .find(|(d, _)| *d == args.dtype)
+            .map_or(f64::NAN, |(_, r)| *r);
+        (r, "PyTorch 2.11 on an H100, batch 256 x 128, same dtype")
+    };
     println!(
-        "encode {}: batch {b} x {t} tokens, {} iters in {wall:.2} s; PyTorch f32 reference \
-         {PYTORCH_ENCODE_TOKENS_PER_S:.0} tokens/s (measured elsewhere on the 2-core machine)",
+        "encode {} ({:?} on {:?}): batch {b} x {t} tokens, {} iters in {wall:.3} s; reference \
+         {reference:.0} tokens/s ({origin})",
         args.model.display(),
+        args.dtype,
+        dev.location(),
         args.iters
     );
     println!(
         "{}",
-        super::report(
-            "encode",
-            b * t * args.iters,
-            wall,
-            cpu,
-            PYTORCH_ENCODE_TOKENS_PER_S
-        )
+        super::report("encode", b * t * args.iters, wall, cpu, reference)
+    );
+    super::result_line(
+        &format!("encode-{:?}", args.dtype).to_lowercase(),
+        b * t * args.iters,
+        wall,
+        reference,
     );
     Ok(())
 }

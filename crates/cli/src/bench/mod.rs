@@ -1,7 +1,10 @@
 //! `ralm bench`: throughput measurements against reference numbers.
 
 mod encode;
+mod parity;
 mod score;
+mod search;
+mod train;
 
 use clap::{Args, Subcommand};
 use std::time::Instant;
@@ -19,6 +22,12 @@ enum BenchCommand {
     Encode(encode::EncodeArgs),
     /// Causal-LM scoring (forward + next-token log-probabilities), f32 and quantized.
     Score(score::ScoreArgs),
+    /// Exact batched nearest-neighbour search (queries/s) on --device, checked against the CPU.
+    Search(search::SearchArgs),
+    /// BERT masked-LM training steps (forward, backward, AdamW).
+    Train(train::TrainArgs),
+    /// The same models on the CPU and on --device: outputs compared.
+    Parity(parity::ParityArgs),
 }
 
 /// Runs a `bench` subcommand.
@@ -26,6 +35,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.cmd {
         BenchCommand::Encode(a) => encode::run(a),
         BenchCommand::Score(a) => score::run(a),
+        BenchCommand::Search(a) => search::run(a),
+        BenchCommand::Train(a) => train::run(a),
+        BenchCommand::Parity(a) => parity::run(a),
     }
 }
 
@@ -64,6 +76,15 @@ fn process_cpu_seconds() -> f64 {
     };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
     secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// A `RESULT` line for scripts that collect benchmark tables: name, tokens/s, reference, ratio.
+pub(crate) fn result_line(name: &str, tokens: usize, wall: f64, reference: f64) {
+    let tps = tokens as f64 / wall;
+    println!(
+        "RESULT {name} tokens_per_s={tps:.0} reference={reference:.0} ratio={:.3}",
+        tps / reference
+    );
 }
 
 /// One line on throughput: wall tokens/s, tokens per CPU-second, cores used, and the ratio of

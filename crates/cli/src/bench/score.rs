@@ -1,19 +1,21 @@
 //! `ralm bench score`: LM scoring throughput against a PyTorch reference.
 
-use crate::lm::load_model;
-use candle_core::{Device, Tensor};
+use anyhow::Context;
+use candle_core::Tensor;
 use clap::{Args, ValueEnum};
-use ralm_models::llama::LlamaModel;
+use ralm_models::llama::{LlamaModel, WeightMode};
 use std::path::PathBuf;
 
 /// PyTorch (f32, HF transformers) scoring speed for SmolLM2-135M at batch 4 × 512 on the
 /// project's 2-core reference machine, measured outside this project.
 const PYTORCH_SCORE_TOKENS_PER_S: f64 = 330.0;
+/// PyTorch 2.11 bf16 scoring of SmolLM2-135M on an H100 (random weights, batch 16 × 1024).
+const PYTORCH_H100_BF16_SCORE_TOKENS_PER_S: f64 = 426e3;
 
 /// Arguments of `ralm bench score`.
 #[derive(Args)]
 pub struct ScoreArgs {
-    /// A `.gguf` file (both weight modes are measured).
+    /// A `.gguf` file or an HF Llama directory (dense modes only).
     #[arg(long, default_value = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")]
     model: PathBuf,
     /// Sequences per forward pass.
@@ -36,6 +38,7 @@ enum Modes {
     Both,
     F32,
     Quantized,
+    Bf16,
 }
 
 /// One scoring pass: all positions but the last predict their successor.
@@ -63,13 +66,16 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
         a.iters,
         candle_core::utils::get_num_threads()
     );
-    let modes: &[bool] = match a.modes {
-        Modes::Both => &[false, true],
-        Modes::F32 => &[false],
-        Modes::Quantized => &[true],
+    let modes: &[WeightMode] = match a.modes {
+        Modes::Both => &[WeightMode::F32, WeightMode::Quantized],
+        Modes::F32 => &[WeightMode::F32],
+        Modes::Quantized => &[WeightMode::Quantized],
+        Modes::Bf16 => &[WeightMode::Bf16],
     };
-    for &quantized in modes {
-        let model = load_model(&a.model, quantized)?;
+    let device = crate::device::current();
+    for &mode in modes {
+        let model = LlamaModel::load(&a.model, mode, &device)
+            .with_context(|| format!("loading {}", a.model.display()))?;
         let vocab = model.config().vocab_size as u32;
         // Deterministic pseudo-random ids (a fixed LCG) keep runs comparable.
         let mut state = 0x2545_f491_u32;
@@ -79,24 +85,23 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
                 (state >> 8) % vocab
             })
             .collect();
-        let ids = Tensor::from_vec(ids, (a.batch, a.seq), &Device::Cpu)?;
+        let ids = Tensor::from_vec(ids, (a.batch, a.seq), &device)?;
         score_once(&model, &ids)?;
         let timer = super::Timer::start();
         for _ in 0..a.iters {
             score_once(&model, &ids)?;
         }
         let (wall, cpu) = timer.elapsed();
-        let label = if quantized { "quantized" } else { "f32" };
-        println!(
-            "{}",
-            super::report(
-                label,
-                a.batch * a.seq * a.iters,
-                wall,
-                cpu,
-                PYTORCH_SCORE_TOKENS_PER_S
-            )
-        );
+        let label = format!("{mode:?}").to_lowercase();
+        let reference = if device.is_cpu() {
+            PYTORCH_SCORE_TOKENS_PER_S
+        } else {
+            println!("GPU reference: PyTorch 2.11 bf16 on an H100, batch 16 x 1024");
+            PYTORCH_H100_BF16_SCORE_TOKENS_PER_S
+        };
+        let tokens = a.batch * a.seq * a.iters;
+        println!("{}", super::report(&label, tokens, wall, cpu, reference));
+        super::result_line(&format!("score-{label}"), tokens, wall, reference);
     }
     Ok(())
 }

@@ -79,8 +79,11 @@ impl BertEncoder {
             }
             None => None,
         };
-        let model = BertModel::new(&config, weights.var_builder(&prefix, device))
-            .map_err(|e| ModelError::format(&weights_path, e.to_string()))?;
+        let model = BertModel::new(
+            &config,
+            weights.var_builder(&prefix, candle_core::DType::F32, device),
+        )
+        .map_err(|e| ModelError::format(&weights_path, e.to_string()))?;
         let (tokenizer, tokenizer_path) = load_tokenizer(dir, config.max_position_embeddings)?;
         Ok(Self {
             model,

@@ -4,7 +4,7 @@ use super::checkpoint;
 use super::config::{BertConfig, HiddenAct};
 use super::nn::{activate, dropout, embedding, linear, softmax, LayerNorm, Mode};
 use crate::{ModelError, Result};
-use candle_core::{Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use std::path::Path;
 
@@ -156,10 +156,16 @@ impl BertModel {
 
     /// Loads an HF BERT directory for inference (weights memory-mapped, `bert.` prefix detected).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_as(dir, DType::F32, device)
+    }
+
+    /// Loads an HF BERT directory with weights (and so activations) in `dtype`, e.g. bf16 on a
+    /// GPU.
+    pub fn load_as(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let config = BertConfig::from_file(&dir.join(checkpoint::CONFIG_FILE))?;
         let (weights, prefix) = checkpoint::open_weights(dir)?;
         let path = weights.path().to_path_buf();
-        Self::new(&config, weights.var_builder(&prefix, device))
+        Self::new(&config, weights.var_builder(&prefix, dtype, device))
             .map_err(|e| ModelError::format(&path, e.to_string()))
     }
 
@@ -173,8 +179,8 @@ impl BertModel {
         &self.embeddings.word
     }
 
-    /// Last hidden state `[b, t, hidden]` for token ids and token types `[b, t]` (u32) and an
-    /// attention mask `[b, t]` (f32, 1 for tokens, 0 for padding).
+    /// Last hidden state `[b, t, hidden]` (in the weights' dtype) for token ids and token types
+    /// `[b, t]` (u32) and an attention mask `[b, t]` (f32, 1 for tokens, 0 for padding).
     pub fn forward(
         &self,
         ids: &Tensor,
@@ -191,7 +197,8 @@ impl BertModel {
         }
         let additive = mask
             .affine(-MASKED_SCORE, MASKED_SCORE)?
-            .reshape((b, 1, 1, t))?;
+            .reshape((b, 1, 1, t))?
+            .to_dtype(self.embeddings.word.dtype())?;
         let mut x = self.embeddings.forward(ids, type_ids, mode)?;
         for layer in &self.layers {
             x = layer.forward(&x, &additive, mode)?;

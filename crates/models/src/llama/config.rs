@@ -83,11 +83,23 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
-    /// Reads an HF `config.json`.
+    /// Reads an HF `config.json` (transformers 4 or 5: the latter keeps the RoPE base under
+    /// `rope_parameters`).
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let cfg: Self = serde_json::from_str(&text)
-            .map_err(|e| ModelError::format(path, format!("invalid Llama config: {e}")))?;
+        let invalid =
+            |e: serde_json::Error| ModelError::format(path, format!("invalid Llama config: {e}"));
+        let mut value: serde_json::Value = serde_json::from_str(&text).map_err(invalid)?;
+        if let Some(obj) = value.as_object_mut() {
+            let nested = obj
+                .get("rope_parameters")
+                .and_then(|p| p.get("rope_theta"))
+                .cloned();
+            if let (None, Some(theta)) = (obj.get("rope_theta"), nested) {
+                obj.insert("rope_theta".into(), theta);
+            }
+        }
+        let cfg: Self = serde_json::from_value(value).map_err(invalid)?;
         cfg.validate().map_err(|m| ModelError::format(path, m))?;
         Ok(cfg)
     }
@@ -134,5 +146,43 @@ impl LlamaConfig {
             return Err("rms_norm_eps and rope_theta must be positive".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_rope_base_of_transformers_5_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let base = r#""vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2"#;
+        std::fs::write(
+            &path,
+            format!(r#"{{{base}, "rope_parameters": {{"rope_theta": 100000.0, "rope_type": "default"}}}}"#),
+        )
+        .unwrap();
+        assert_eq!(
+            LlamaConfig::from_json_file(&path).unwrap().rope_theta,
+            100_000.0
+        );
+        std::fs::write(&path, format!(r#"{{{base}, "rope_theta": 500000.0}}"#)).unwrap();
+        assert_eq!(
+            LlamaConfig::from_json_file(&path).unwrap().rope_theta,
+            500_000.0
+        );
+        std::fs::write(&path, format!(r#"{{{base}}}"#)).unwrap();
+        assert_eq!(
+            LlamaConfig::from_json_file(&path).unwrap().rope_theta,
+            10_000.0
+        );
+        std::fs::write(&path, r#"{"vocab_size": "many"}"#).unwrap();
+        let err = LlamaConfig::from_json_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("config.json") && err.contains("invalid Llama config"),
+            "{err}"
+        );
     }
 }

@@ -22,7 +22,8 @@ use std::path::Path;
 use weights::{mmap_safetensors, GgufSource, HfSource};
 
 impl LlamaModel {
-    /// Loads a `.gguf` file, or an HF directory (`config.json` + `model.safetensors`, f32 only).
+    /// Loads a `.gguf` file, or an HF directory (`config.json` + `model.safetensors`; dense
+    /// modes only).
     pub fn load(path: &Path, mode: WeightMode, device: &Device) -> Result<Self> {
         if !path.is_dir() {
             return Self::from_gguf(path, mode, device);
@@ -33,7 +34,7 @@ impl LlamaModel {
                 path.display()
             )));
         }
-        Self::from_hf_dir(path, device)
+        Self::from_hf_dir_as(path, mode, device)
     }
 
     /// Loads a GGUF file; q/k rows are un-permuted to HF's rotate-half layout.
@@ -48,8 +49,13 @@ impl LlamaModel {
         Self::from_source(cfg.clone(), &src, mode, device)
     }
 
-    /// Loads an HF directory holding `config.json` and `model.safetensors`.
+    /// Loads an HF directory holding `config.json` and `model.safetensors`, in f32.
     pub fn from_hf_dir(dir: &Path, device: &Device) -> Result<Self> {
+        Self::from_hf_dir_as(dir, WeightMode::F32, device)
+    }
+
+    /// Loads an HF directory in a dense weight mode (f32 or bf16).
+    pub fn from_hf_dir_as(dir: &Path, mode: WeightMode, device: &Device) -> Result<Self> {
         let cfg = LlamaConfig::from_json_file(&dir.join("config.json"))?;
         let path = dir.join("model.safetensors");
         if !path.is_file() {
@@ -59,7 +65,7 @@ impl LlamaModel {
             vb: mmap_safetensors(&path, device)?,
             path,
         };
-        Self::from_source(cfg, &src, WeightMode::F32, device)
+        Self::from_source(cfg, &src, mode, device)
     }
 
     /// Builds a model from in-memory tensors named as in HF checkpoints.

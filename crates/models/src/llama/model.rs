@@ -67,7 +67,9 @@ impl LlamaModel {
             let key = |w| WeightKey::Layer(i, w);
             let m = |w, rows, cols| src.matrix(key(w), rows, cols);
             layers.push(Layer {
-                attn_norm: src.vector(key(LayerWeight::AttnNorm), d)?,
+                attn_norm: src
+                    .vector(key(LayerWeight::AttnNorm), d)?
+                    .to_dtype(mode.dtype())?,
                 qkv: Proj::fused(
                     vec![
                         m(LayerWeight::Q, nq, d)?,
@@ -78,7 +80,9 @@ impl LlamaModel {
                     device,
                 )?,
                 o: Proj::fused(vec![m(LayerWeight::O, d, nq)?], mode, device)?,
-                ffn_norm: src.vector(key(LayerWeight::FfnNorm), d)?,
+                ffn_norm: src
+                    .vector(key(LayerWeight::FfnNorm), d)?
+                    .to_dtype(mode.dtype())?,
                 gate_up: Proj::fused(
                     vec![m(LayerWeight::Gate, ff, d)?, m(LayerWeight::Up, ff, d)?],
                     mode,
@@ -87,12 +91,14 @@ impl LlamaModel {
                 down: Proj::fused(vec![m(LayerWeight::Down, d, ff)?], mode, device)?,
             });
         }
+        let dtype = mode.dtype();
         let embed = src
             .matrix(WeightKey::Embed, cfg.vocab_size, d)?
-            .dense(device)?;
+            .dense(device)?
+            .to_dtype(dtype)?;
         let tied = cfg.tie_word_embeddings || !src.has(WeightKey::LmHead);
         let lm_head = match (tied, mode) {
-            (true, WeightMode::F32) => Proj::Dense(embed.clone()),
+            (true, WeightMode::F32 | WeightMode::Bf16) => Proj::Dense(embed.clone()),
             (true, WeightMode::Quantized) => Proj::fused(
                 vec![src.matrix(WeightKey::Embed, cfg.vocab_size, d)?],
                 mode,
@@ -106,13 +112,13 @@ impl LlamaModel {
         };
         let (cos, sin) = rope_tables(&cfg, device)?;
         Ok(Self {
-            norm: src.vector(WeightKey::Norm, d)?,
+            norm: src.vector(WeightKey::Norm, d)?.to_dtype(dtype)?,
             mode,
             embed,
             layers,
             lm_head,
-            cos,
-            sin,
+            cos: cos.to_dtype(dtype)?,
+            sin: sin.to_dtype(dtype)?,
             device: device.clone(),
             weights_path: src.weights_path().to_path_buf(),
             cfg,
@@ -200,7 +206,9 @@ impl LlamaModel {
             self.cfg.hidden_size,
         ))?;
         let (cos, sin) = self.rope_for(b, t, start_pos, &opts.left_padding)?;
-        let bias = attention_bias(t, start_pos, &opts.left_padding, &self.device)?;
+        let bias = attention_bias(t, start_pos, &opts.left_padding, &self.device)?
+            .map(|b| b.to_dtype(x.dtype()))
+            .transpose()?;
         let eps = self.cfg.rms_norm_eps as f32;
         let mut ffn_input = None;
         let last = self.layers.len() - 1;
@@ -308,9 +316,9 @@ impl LlamaModel {
         layer.o.forward(&out)
     }
 
-    /// `[.., vocab]` output logits for hidden states `[.., d]`.
+    /// `[.., vocab]` output logits (f32 in every weight mode) for hidden states `[.., d]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(hidden)
+        Ok(self.lm_head.forward(hidden)?.to_dtype(DType::F32)?)
     }
 
     /// Log-probabilities `[..]` of `targets` `[..]` (u32) under the next-token distributions of

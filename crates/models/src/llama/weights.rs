@@ -17,6 +17,18 @@ pub enum WeightMode {
     F32,
     /// Kept in their stored GGUF type and multiplied with quantized kernels (GGUF only).
     Quantized,
+    /// Dense bf16 matrices and activations (for GPUs; not bit-exact with the f32 reference).
+    Bf16,
+}
+
+impl WeightMode {
+    /// The dtype of dense weights and activations in this mode.
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 | Self::Quantized => DType::F32,
+            Self::Bf16 => DType::BF16,
+        }
+    }
 }
 
 /// One matrix weight as read from a file.
@@ -58,7 +70,7 @@ impl Proj {
         }
         let mut dense = parts
             .into_iter()
-            .map(|p| p.dense(device))
+            .map(|p| Ok(p.dense(device)?.to_dtype(mode.dtype())?))
             .collect::<Result<Vec<_>>>()?;
         if dense.len() == 1 {
             return Ok(Self::Dense(dense.remove(0)));
