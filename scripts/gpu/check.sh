@@ -33,11 +33,17 @@ step() {
   fi
   echo; echo "=== $name: $*"
   local s=$(date +%s.%N)
+  # GPU utilisation sampled every 100 ms while the step runs (model loading included).
+  nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 100 \
+    >"$work/$name.util" 2>/dev/null &
+  local smi=$!
   timeout "$limit" "$@" 2>&1 | tee "$work/$name.log"
   local rc=${PIPESTATUS[0]}
+  kill "$smi" 2>/dev/null; wait "$smi" 2>/dev/null
   local secs; secs=$(awk -v a="$s" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
+  local util; util=$(awk '{ s += $1; n++ } END { if (n) printf "%.0f", s / n; else print "-" }' "$work/$name.util")
   grep '^RESULT ' "$work/$name.log" | sed "s/^RESULT /$name /" >>"$results"
-  printf 'STEP %s rc=%s seconds=%.1f\n' "$name" "$rc" "$secs" >>"$results"
+  printf 'STEP %s rc=%s seconds=%.1f gpu_util=%s\n' "$name" "$rc" "$secs" "$util" >>"$results"
 }
 
 step models 150 python3 "$bundle/random_models.py" "$bundle" "$work/models"
@@ -47,6 +53,7 @@ step encode-f32 60 "$ralm" --device cuda bench encode --model "$m/minilm" --batc
 step encode-bf16 60 "$ralm" --device cuda bench encode --model "$m/minilm" --batch 256 --seq 128 --iters 20 --dtype bf16
 step score-bf16 60 "$ralm" --device cuda bench score --model "$m/smollm2" --batch 16 --seq 1024 --iters 5 --modes bf16
 step search-1m 60 "$ralm" --device cuda bench search --keys 1000000 --dim 576 --queries 1024 --k 32 --metric l2 --check 64
+RALM_GPU_TIMING=1 step search-phases 60 "$ralm" --device cuda bench search --keys 1000000 --dim 576 --queries 1024 --k 32 --metric l2 --check 0 --iters 2
 step train-mlm 60 "$ralm" --device cuda bench train --model "$m/minilm" --batch 64 --seq 128 --iters 10
 step qa-index 60 "$ralm" --device cuda qa index --no-wiki --with-squad --encoder "$m/minilm" --out "$work/qa" --batch 128
 step realm-train 90 "$ralm" --device cuda qa train --index "$work/qa" --encoder "$m/minilm" --out "$work/ft" \
@@ -54,17 +61,17 @@ step realm-train 90 "$ralm" --device cuda qa train --index "$work/qa" --encoder 
 step knnlm-build 90 "$ralm" --device cuda knnlm build --model "$m/smollm2" --f32 --out "$work/ds" \
   --corpus "$bundle/data/lm/wikitext-2/valid.txt" --max-tokens 100000 --batch 16 --index flat
 step score-f32 60 "$ralm" --device cuda bench score --model "$m/smollm2" --batch 16 --seq 1024 --iters 3 --modes f32
-step search-10m 120 "$ralm" --device cuda bench search --keys 10000000 --dim 576 --queries 1024 --k 32 --metric l2 --check 16
+step search-10m 120 "$ralm" --device cuda bench search --keys 10000000 --dim 576 --queries 1024 --k 32 --metric l2 --check 4
 
 echo
 echo "## GPU check on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(( $(date +%s) - t0 )) s"
 echo
-echo "| step | status | seconds | result |"
-echo "| --- | --- | --- | --- |"
+echo "| step | status | seconds | GPU busy % | result |"
+echo "| --- | --- | --- | --- | --- |"
 awk '
-  $1 == "STEP" { split($3, r, "="); split($4, s, "="); st[$2] = (r[2] == "0" ? "ok" : (r[2] == "skipped" ? "skipped" : "FAILED rc=" r[2])); sec[$2] = s[2]; order[++n] = $2; next }
+  $1 == "STEP" { split($3, r, "="); split($4, s, "="); split($5, u, "="); util[$2] = u[2]; st[$2] = (r[2] == "0" ? "ok" : (r[2] == "skipped" ? "skipped" : "FAILED rc=" r[2])); sec[$2] = s[2]; order[++n] = $2; next }
   { name = $1; $1 = ""; res[name] = res[name] (res[name] == "" ? "" : "; ") substr($0, 2) }
-  END { for (i = 1; i <= n; i++) printf "| %s | %s | %s | %s |\n", order[i], st[order[i]], sec[order[i]], res[order[i]] }
+  END { for (i = 1; i <= n; i++) printf "| %s | %s | %s | %s | %s |\n", order[i], st[order[i]], sec[order[i]], util[order[i]], res[order[i]] }
 ' "$results"
 [ -n "${OUT:-}" ] && tar czf "$OUT/gpu-check-logs.tgz" -C "$work" results.txt $(cd "$work" && ls *.log)
 exit 0

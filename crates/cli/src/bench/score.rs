@@ -41,17 +41,21 @@ enum Modes {
     Bf16,
 }
 
-/// One scoring pass: all positions but the last predict their successor.
-fn score_once(model: &LlamaModel, ids: &Tensor) -> anyhow::Result<()> {
+/// One scoring pass (all positions but the last predict their successor); returns the seconds
+/// of the forward pass and of the log-probabilities.
+fn score_once(model: &LlamaModel, ids: &Tensor) -> anyhow::Result<(f64, f64)> {
     let seq = ids.dim(1)?;
+    let start = std::time::Instant::now();
     let hidden = model.forward(ids, 0, None)?.hidden;
+    model.device().synchronize()?;
+    let forward = start.elapsed().as_secs_f64();
     let lp =
         model.next_token_logprobs(&hidden.narrow(1, 0, seq - 1)?, &ids.narrow(1, 1, seq - 1)?)?;
     anyhow::ensure!(
         lp.sum_all()?.to_scalar::<f32>()?.is_finite(),
         "non-finite log-probabilities"
     );
-    Ok(())
+    Ok((forward, start.elapsed().as_secs_f64() - forward))
 }
 
 pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
@@ -88,10 +92,17 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
         let ids = Tensor::from_vec(ids, (a.batch, a.seq), &device)?;
         score_once(&model, &ids)?;
         let timer = super::Timer::start();
+        let mut split = (0.0, 0.0);
         for _ in 0..a.iters {
-            score_once(&model, &ids)?;
+            let (f, l) = score_once(&model, &ids)?;
+            split = (split.0 + f, split.1 + l);
         }
         let (wall, cpu) = timer.elapsed();
+        println!(
+            "per pass: forward {:.1} ms, next-token log-probabilities {:.1} ms",
+            1e3 * split.0 / a.iters as f64,
+            1e3 * split.1 / a.iters as f64
+        );
         let label = format!("{mode:?}").to_lowercase();
         let reference = if device.is_cpu() {
             PYTORCH_SCORE_TOKENS_PER_S

@@ -26,6 +26,46 @@ const DEFAULT_SCORE_BUDGET: usize = 2 << 30;
 /// Host staging per upload while building an index.
 const UPLOAD_BYTES: usize = 64 << 20;
 
+/// Where a search's time goes, when `RALM_GPU_TIMING` is set: each phase is followed by a
+/// stream synchronisation (which slows the search a little) and timed on the host.
+struct Timing {
+    /// Seconds in the GEMMs, the top-k kernels, and the rest (uploads, downloads, merge).
+    phases: Option<([f64; 3], std::time::Instant)>,
+}
+
+impl Timing {
+    fn from_env() -> Self {
+        let on = std::env::var_os("RALM_GPU_TIMING").is_some();
+        Self {
+            phases: on.then(|| ([0.0; 3], std::time::Instant::now())),
+        }
+    }
+
+    /// Ends phase `i` (0 GEMM, 1 top-k, 2 other) now.
+    fn lap(&mut self, stream: &CudaStream, i: usize) -> Result<()> {
+        if let Some((acc, last)) = &mut self.phases {
+            stream
+                .synchronize()
+                .map_err(driver_err("timing the search", 0))?;
+            acc[i] += last.elapsed().as_secs_f64();
+            *last = std::time::Instant::now();
+        }
+        Ok(())
+    }
+
+    fn report(&self, nq: usize, n: usize) {
+        if let Some((acc, _)) = &self.phases {
+            eprintln!(
+                "gpu search timing ({nq} queries x {n} keys): GEMM {:.2} ms, top-k {:.2} ms, \
+                 uploads/downloads/merge {:.2} ms",
+                acc[0] * 1e3,
+                acc[1] * 1e3,
+                acc[2] * 1e3
+            );
+        }
+    }
+}
+
 /// Bytes as GiB, for messages.
 fn gib(bytes: usize) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
@@ -276,6 +316,7 @@ impl GpuFlatIndex {
             .as_mut()
             .ok_or_else(|| IndexError::gpu("search buffers missing"))?;
         let searching = driver_err("searching (GEMM + top-k kernel)", 0);
+        let mut timing = Timing::from_env();
         let mut q_host = vec![f16::ZERO; plan.q_batch * dp];
         let mut tops = Vec::with_capacity(nq);
         for batch in queries.chunks(plan.q_batch * dim) {
@@ -291,7 +332,9 @@ impl GpuFlatIndex {
             for j0 in (0..n).step_by(plan.key_block) {
                 let len = plan.key_block.min(n - j0);
                 self.gemm(blas, &buf.queries, qn, j0, len, &mut buf.scores)?;
+                timing.lap(&self.stream, 0)?;
                 self.launch_topk(&plan, k, qn, j0, len, buf)?;
+                timing.lap(&self.stream, 1)?;
             }
             let m = qn * per_query;
             let s = self
@@ -309,7 +352,9 @@ impl GpuFlatIndex {
                 vec![0.0; qn]
             };
             tops.extend(merge(&s, &r, per_query, k, &offsets, &self.ids));
+            timing.lap(&self.stream, 2)?;
         }
+        timing.report(nq, n);
         Ok(Hits::from_tops(k, tops))
     }
 

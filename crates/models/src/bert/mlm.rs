@@ -9,7 +9,7 @@ use super::nn::{activate, linear, LayerNorm, Mode};
 use crate::weights::{save_safetensors, write_atomic};
 use crate::{ModelError, Result};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Init, Linear, VarBuilder, VarMap};
+use candle_nn::{Init, VarBuilder, VarMap};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -18,7 +18,7 @@ const HEAD_PREFIX: &str = "cls.";
 
 /// The HF MLM head: dense + activation + layer norm, then the tied decoder plus `bias`.
 pub struct MlmHead {
-    dense: Linear,
+    dense: super::nn::Dense,
     norm: LayerNorm,
     bias: Tensor,
     act: HiddenAct,

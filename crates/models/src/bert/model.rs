@@ -2,10 +2,10 @@
 
 use super::checkpoint;
 use super::config::{BertConfig, HiddenAct};
-use super::nn::{activate, dropout, embedding, linear, softmax, LayerNorm, Mode};
+use super::nn::{activate, dropout, embedding, linear, softmax, Dense, LayerNorm, Mode};
 use crate::{ModelError, Result};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use std::path::Path;
 
 /// Added to attention scores at padding positions.
@@ -48,10 +48,10 @@ impl Embeddings {
 }
 
 struct SelfAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    output: Linear,
+    query: Dense,
+    key: Dense,
+    value: Dense,
+    output: Dense,
     norm: LayerNorm,
     heads: usize,
     head_dim: usize,
@@ -100,8 +100,8 @@ impl SelfAttention {
 
 struct Layer {
     attention: SelfAttention,
-    intermediate: Linear,
-    output: Linear,
+    intermediate: Dense,
+    output: Dense,
     norm: LayerNorm,
     act: HiddenAct,
     dropout: f64,

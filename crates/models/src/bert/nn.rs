@@ -2,7 +2,7 @@
 //! (fused kernels, no dropout) and a differentiable training path.
 
 use super::config::{BertConfig, HiddenAct};
-use candle_core::{Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
 /// Whether a forward pass is for inference (fused, no dropout) or training (differentiable).
@@ -14,8 +14,29 @@ pub enum Mode {
     Train,
 }
 
+/// A linear layer run as one 2-D matrix product over all leading dimensions: candle's `Linear`
+/// runs a batched product against a broadcast weight for 3-D inputs, many small GEMMs.
+#[derive(Debug, Clone)]
+pub(crate) struct Dense(Linear);
+
+impl Module for Dense {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        if dims.len() <= 2 {
+            return self.0.forward(x);
+        }
+        let width = dims[dims.len() - 1];
+        let y = self
+            .0
+            .forward(&x.reshape((x.elem_count() / width, width))?)?;
+        let mut out = dims.to_vec();
+        out[dims.len() - 1] = y.dim(1)?;
+        y.reshape(out)
+    }
+}
+
 /// A linear layer initialised as HF BERT does: weight ~ N(0, std), bias zero.
-pub(crate) fn linear(in_dim: usize, out_dim: usize, std: f64, vb: VarBuilder) -> Result<Linear> {
+pub(crate) fn linear(in_dim: usize, out_dim: usize, std: f64, vb: VarBuilder) -> Result<Dense> {
     let w = vb.get_with_hints(
         (out_dim, in_dim),
         "weight",
@@ -25,7 +46,7 @@ pub(crate) fn linear(in_dim: usize, out_dim: usize, std: f64, vb: VarBuilder) ->
         },
     )?;
     let b = vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?;
-    Ok(Linear::new(w, Some(b)))
+    Ok(Dense(Linear::new(w, Some(b))))
 }
 
 /// An embedding table initialised as HF BERT does: N(0, std).
