@@ -103,7 +103,17 @@ fn training_questions(a: &TrainArgs) -> anyhow::Result<(Vec<QaExample>, Vec<QaEx
     train.sort_by_cached_key(|ex| {
         ralm_models::hash::sha256_hex(format!("{}:{}", a.seed, ex.id).as_bytes())
     });
-    Ok((train, spread_sample(split.eval, a.eval_questions)))
+    Ok((train, eval_sample(split.eval, a.eval_questions)))
+}
+
+/// The eval questions used at checkpoints: `n` spread over `eval`, none when `n` is 0 (unlike
+/// [`spread_sample`], where 0 means all).
+fn eval_sample(eval: Vec<QaExample>, n: usize) -> Vec<QaExample> {
+    if n == 0 {
+        Vec::new()
+    } else {
+        spread_sample(eval, n)
+    }
 }
 
 /// Keeps the log lines of updates up to `step` (a resumed run rewrites what came after).
@@ -346,4 +356,30 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         a.out.join(CHECKPOINT_DIR).display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ralm_realm::data::AnswerKind;
+
+    #[test]
+    fn zero_eval_questions_means_none() {
+        let examples: Vec<QaExample> = (0..10)
+            .map(|i| QaExample {
+                id: format!("q{i}"),
+                question: format!("question {i}?"),
+                answers: vec!["a".into()],
+                kind: AnswerKind::Text,
+                gold_passage: None,
+            })
+            .collect();
+        assert!(eval_sample(examples.clone(), 0).is_empty());
+        let four: Vec<String> = eval_sample(examples.clone(), 4)
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(four, ["q0", "q2", "q5", "q7"]);
+        assert_eq!(eval_sample(examples, 50).len(), 10);
+    }
 }

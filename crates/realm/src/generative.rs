@@ -14,11 +14,28 @@ use crate::error::{RealmError, Result};
 use crate::passages::Passage;
 
 /// Most tokens of a generated answer.
-pub const MAX_ANSWER_TOKENS: usize = 16;
+pub const MAX_ANSWER_TOKENS: usize = 24;
 
 /// Instruction given to chat models.
 const SYSTEM: &str = "Answer the question using the context. Reply with only the short answer \
 (a name, date, number or a few words), not a sentence.";
+
+/// Worked examples shown before the real question (context, question, answer): a 135M-parameter
+/// model follows "reply with only the short answer" far more reliably after seeing it done.
+const EXAMPLES: [(&str, &str, &str); 2] = [
+    (
+        "Mount Kilimanjaro: Mount Kilimanjaro is a dormant volcano in Tanzania. Its highest \
+         peak, Uhuru, rises 5,895 metres above sea level, the highest point in Africa.",
+        "How high is Mount Kilimanjaro?",
+        "5,895 metres",
+    ),
+    (
+        "Penicillin: Penicillin was discovered in 1928 by the Scottish physician Alexander \
+         Fleming, who noticed that a mould killed the bacteria around it.",
+        "Who discovered penicillin?",
+        "Alexander Fleming",
+    ),
+];
 
 /// How the prompt is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +74,8 @@ pub fn cut_answer(text: &str) -> &str {
 }
 
 impl GenerativeReader {
-    /// Loads a GGUF model (quantized matmuls) and its tokenizer; picks the ChatML template when
+    /// Loads a GGUF model (dequantized to f32: on CPUs candle's quantized matmuls are about 5×
+    /// slower for this small model) and its tokenizer; picks the ChatML template when
     /// the GGUF's `tokenizer.chat_template` uses `<|im_start|>`, else the plain prompt.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let gguf = GgufFile::open(path)?;
@@ -65,7 +83,7 @@ impl GenerativeReader {
             .string("tokenizer.chat_template")
             .map(|t| t.contains("<|im_start|>"))
             .unwrap_or(false);
-        let model = LlamaModel::load(path, WeightMode::Quantized, device)?;
+        let model = LlamaModel::load(path, WeightMode::F32, device)?;
         let tokenizer = LmTokenizer::for_model(path)?;
         let template = if chat && tokenizer.token_to_id("<|im_start|>").is_some() {
             PromptTemplate::ChatMl
@@ -90,17 +108,30 @@ impl GenerativeReader {
         self.template
     }
 
-    /// The prompt text for `question` over `passage`.
+    /// The prompt text for `question` over `passage`, after the worked [`EXAMPLES`].
     pub fn prompt(&self, question: &str, passage: &Passage) -> String {
         let context = format!("{}: {}", passage.title, passage.text);
-        match self.template {
+        let turn = |context: &str, question: &str| {
+            match self.template {
             PromptTemplate::ChatMl => format!(
-                "<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nContext: {context}\n\nQuestion: {question}<|im_end|>\n<|im_start|>assistant\n"
+                "<|im_start|>user\nContext: {context}\n\nQuestion: {question}<|im_end|>\n<|im_start|>assistant\n"
             ),
-            PromptTemplate::Plain => {
-                format!("Context: {context}\n\nQuestion: {question}\nAnswer:")
-            }
+            PromptTemplate::Plain => format!("Context: {context}\n\nQuestion: {question}\nAnswer:"),
         }
+        };
+        let mut prompt = match self.template {
+            PromptTemplate::ChatMl => format!("<|im_start|>system\n{SYSTEM}<|im_end|>\n"),
+            PromptTemplate::Plain => String::new(),
+        };
+        for (c, q, a) in EXAMPLES {
+            prompt += &turn(c, q);
+            prompt += match self.template {
+                PromptTemplate::ChatMl => format!("{a}<|im_end|>\n"),
+                PromptTemplate::Plain => format!(" {a}\n\n"),
+            }
+            .as_str();
+        }
+        prompt + &turn(&context, question)
     }
 
     /// Runs the prompt for `question` over `passage`.

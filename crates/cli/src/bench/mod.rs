@@ -78,6 +78,23 @@ fn process_cpu_seconds() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
+/// A fixed linear congruential generator: deterministic pseudo-random inputs keep benchmark
+/// runs comparable.
+pub(crate) struct Lcg(pub(crate) u32);
+
+impl Lcg {
+    /// The next 24-bit value.
+    pub(crate) fn next_u24(&mut self) -> u32 {
+        self.0 = self.0.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        self.0 >> 8
+    }
+
+    /// `n` token ids below `vocab`.
+    pub(crate) fn ids(&mut self, n: usize, vocab: usize) -> Vec<u32> {
+        (0..n).map(|_| self.next_u24() % vocab as u32).collect()
+    }
+}
+
 /// A `RESULT` line for scripts that collect benchmark tables: name, tokens/s, reference, ratio.
 pub(crate) fn result_line(name: &str, tokens: usize, wall: f64, reference: f64) {
     let tps = tokens as f64 / wall;

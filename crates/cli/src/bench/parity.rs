@@ -41,13 +41,7 @@ fn host(t: &Tensor) -> anyhow::Result<Vec<f32>> {
 
 /// Deterministic pseudo-random token ids `[b, t]` below `vocab`.
 fn ids(b: usize, t: usize, vocab: usize, dev: &Device) -> anyhow::Result<Tensor> {
-    let mut state = 0x9e37_79b9_u32;
-    let v: Vec<u32> = (0..b * t)
-        .map(|_| {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (state >> 8) % vocab as u32
-        })
-        .collect();
+    let v = super::Lcg(0x9e37_79b9).ids(b * t, vocab);
     Ok(Tensor::from_vec(v, (b, t), dev)?)
 }
 
@@ -146,5 +140,16 @@ mod tests {
         assert!((relative_diff(&[2.0, -4.0], &[2.5, -4.0]) - 0.125).abs() < 1e-7);
         assert!(check("same", &[1.0], &[1.0], Some(1e-6)));
         assert!(!check("off", &[1.0], &[1.1], Some(1e-3)));
+    }
+
+    #[test]
+    fn needs_a_device_other_than_the_cpu() {
+        let args = ParityArgs {
+            bert: "absent-bert".into(),
+            llama: "absent-llama".into(),
+            tolerance: 1e-3,
+        };
+        let err = run(args).unwrap_err().to_string();
+        assert!(err.contains("--device cuda"), "{err}");
     }
 }

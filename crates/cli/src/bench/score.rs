@@ -80,15 +80,7 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
     for &mode in modes {
         let model = LlamaModel::load(&a.model, mode, &device)
             .with_context(|| format!("loading {}", a.model.display()))?;
-        let vocab = model.config().vocab_size as u32;
-        // Deterministic pseudo-random ids (a fixed LCG) keep runs comparable.
-        let mut state = 0x2545_f491_u32;
-        let ids: Vec<u32> = (0..a.batch * a.seq)
-            .map(|_| {
-                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (state >> 8) % vocab
-            })
-            .collect();
+        let ids = super::Lcg(0x2545_f491).ids(a.batch * a.seq, model.config().vocab_size);
         let ids = Tensor::from_vec(ids, (a.batch, a.seq), &device)?;
         score_once(&model, &ids)?;
         let timer = super::Timer::start();

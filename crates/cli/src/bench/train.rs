@@ -41,15 +41,18 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let model = BertForMaskedLM::load(&a.model, &dev)
         .with_context(|| format!("loading {}", a.model.display()))?;
     let vocab = model.bert().config().vocab_size as u32;
+    anyhow::ensure!(
+        vocab > MASK_ID,
+        "{}: a vocabulary of {vocab} has no [MASK] id {MASK_ID}",
+        a.model.display()
+    );
     let n = a.batch * a.seq;
-    let mut state = 0x1234_5678_u32;
-    let mut next = || {
-        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        state >> 8
-    };
-    let targets: Vec<u32> = (0..n).map(|_| 1000 + next() % (vocab - 1000)).collect();
+    let mut rng = super::Lcg(0x1234_5678);
+    // Targets above the special tokens (the first 1000 ids of BERT's vocabulary).
+    let lo = (vocab / 2).min(1000);
+    let targets: Vec<u32> = (0..n).map(|_| lo + rng.next_u24() % (vocab - lo)).collect();
     let masked: Vec<u32> = (0..n as u32)
-        .filter(|_| next() % 100 < MASK_PERCENT)
+        .filter(|_| rng.next_u24() % 100 < MASK_PERCENT)
         .collect();
     let mut inputs = targets.clone();
     for &p in &masked {
@@ -98,4 +101,52 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     );
     super::result_line("train-mlm-f32", tokens, wall, PYTORCH_H100_MLM_TOKENS_PER_S);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ralm_models::bert::{BertConfig, HiddenAct};
+
+    /// A tiny random BERT with an MLM head, saved as an HF directory.
+    fn tiny_bert(dir: &std::path::Path, vocab_size: usize) {
+        let config = BertConfig {
+            vocab_size,
+            hidden_size: 16,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 32,
+            hidden_act: HiddenAct::Gelu,
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            max_position_embeddings: 64,
+            type_vocab_size: 2,
+            initializer_range: 0.02,
+            layer_norm_eps: 1e-12,
+            pad_token_id: 0,
+            position_embedding_type: "absolute".into(),
+            model_type: "bert".into(),
+        };
+        BertForMaskedLM::new_random(&config, &candle_core::Device::Cpu)
+            .unwrap()
+            .save(dir)
+            .unwrap();
+    }
+
+    #[test]
+    fn trains_a_tiny_bert_and_refuses_a_vocabulary_without_mask() {
+        let tmp = tempfile::tempdir().unwrap();
+        tiny_bert(tmp.path(), 300);
+        let args = |model: &std::path::Path| TrainArgs {
+            model: model.to_path_buf(),
+            batch: 2,
+            seq: 16,
+            iters: 2,
+        };
+        run(args(tmp.path())).unwrap();
+        let small = tmp.path().join("small");
+        tiny_bert(&small, 50);
+        let err = run(args(&small)).unwrap_err().to_string();
+        assert!(err.contains("no [MASK] id"), "{err}");
+    }
 }

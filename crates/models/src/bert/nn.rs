@@ -14,15 +14,17 @@ pub enum Mode {
     Train,
 }
 
-/// A linear layer run as one 2-D matrix product over all leading dimensions: candle's `Linear`
-/// runs a batched product against a broadcast weight for 3-D inputs, many small GEMMs.
+/// A linear layer. On GPUs it runs as one 2-D matrix product over all leading dimensions, where
+/// candle's `Linear` runs a batched product against a broadcast weight for 3-D inputs (many small
+/// GEMMs; not yet timed on a GPU); on the CPU candle's way measured faster (3,530 against 2,585
+/// MiniLM tokens/s, batch 32 × 128).
 #[derive(Debug, Clone)]
 pub(crate) struct Dense(Linear);
 
 impl Module for Dense {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
-        if dims.len() <= 2 {
+        if dims.len() <= 2 || x.device().is_cpu() {
             return self.0.forward(x);
         }
         let width = dims[dims.len() - 1];
