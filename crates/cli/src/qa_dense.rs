@@ -82,7 +82,7 @@ pub struct ReaderArgs {
     #[arg(long, default_value_t = 5)]
     pub k: usize,
     /// Retriever: bm25, dense or hybrid.
-    #[arg(long, default_value = "dense")]
+    #[arg(long, default_value = "hybrid")]
     pub retriever: RetrieverKind,
     /// Scale of inner products in p(z|x) = softmax(scale · q·d).
     #[arg(long, default_value_t = DEFAULT_SCORE_SCALE)]

@@ -4,7 +4,7 @@
 //! Layout: `passages.jsonl`, `vectors.npy` (f16, one row per passage), `dense/` (IndexStore
 //! root with `CURRENT`), `bm25/`, `manifest.json`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use ralm_index::{
@@ -338,18 +338,55 @@ impl QaIndex {
         self.bm25.search(question, k)
     }
 
-    /// BM25 top-`k` ∪ dense top-`k`, re-scored by the dense inner product; best `k`.
+    /// Reciprocal-rank fusion of the BM25 and dense rankings, each [`FUSION_DEPTH`] deep (or
+    /// `k`): the best `k` by fused rank, each with its dense inner product as score (what
+    /// p(z|x) is computed from).
     pub fn hybrid(&self, question: &str, query: &[f32], k: usize) -> Result<Vec<(usize, f32)>> {
-        let mut seen = HashSet::new();
-        let mut hits: Vec<(usize, f32)> = self
-            .bm25(question, k)?
+        let depth = k.max(FUSION_DEPTH);
+        let ids = |hits: Vec<(usize, f32)>| hits.into_iter().map(|(i, _)| i).collect::<Vec<_>>();
+        let rankings = [
+            ids(self.bm25(question, depth)?),
+            ids(self.dense(query, depth)?),
+        ];
+        Ok(reciprocal_rank_fusion(&rankings, k)
             .into_iter()
-            .chain(self.dense(query, k)?)
-            .filter(|&(i, _)| seen.insert(i))
-            .map(|(i, _)| (i, self.score(query, i)))
-            .collect();
-        hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        hits.truncate(k);
-        Ok(hits)
+            .map(|i| (i, self.score(query, i)))
+            .collect())
+    }
+}
+
+/// How deep each ranking [`QaIndex::hybrid`] fuses goes.
+pub const FUSION_DEPTH: usize = 100;
+
+/// The rank offset of reciprocal-rank fusion (Cormack, Clarke and Büttcher, 2009).
+const RRF_OFFSET: f64 = 60.0;
+
+/// The best `k` items by Σ over rankings of 1 / (60 + rank), rank counted from 1; ties go to
+/// the smaller id.
+pub fn reciprocal_rank_fusion(rankings: &[Vec<usize>], k: usize) -> Vec<usize> {
+    let mut fused: HashMap<usize, f64> = HashMap::new();
+    for ranking in rankings {
+        for (rank, &id) in ranking.iter().enumerate() {
+            *fused.entry(id).or_default() += 1.0 / (RRF_OFFSET + rank as f64 + 1.0);
+        }
+    }
+    let mut order: Vec<(usize, f64)> = fused.into_iter().collect();
+    order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    order.into_iter().take(k).map(|(id, _)| id).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reciprocal_rank_fusion;
+
+    #[test]
+    fn fusion_rewards_agreement_between_rankings() {
+        // 7 is second in both lists and beats each list's own winner, which the other lacks.
+        let lexical = vec![1, 7, 3];
+        let dense = vec![2, 7, 3];
+        assert_eq!(reciprocal_rank_fusion(&[lexical, dense], 4), [7, 3, 1, 2]);
+        // One ranking alone keeps its order; k larger than the items returns them all.
+        assert_eq!(reciprocal_rank_fusion(&[vec![5, 4, 9]], 10), [5, 4, 9]);
+        assert!(reciprocal_rank_fusion(&[vec![5], vec![]], 0).is_empty());
     }
 }
