@@ -282,7 +282,7 @@ pub fn run_loadtest(a: LoadtestArgs) -> anyhow::Result<()> {
                     let q = QUERIES[(c * 7 + i) % QUERIES.len()];
                     (
                         "/v1/retrieve".into(),
-                        json!({"query": q, "k": 5, "index": index}),
+                        json!({"query": q, "k": 5, "index": index, "retriever": "dense"}),
                     )
                 });
                 for &n in &a.clients {

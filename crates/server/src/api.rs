@@ -233,9 +233,9 @@ pub fn check_lambda(lambda: f32) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The retriever a request names (`dense` when none).
+/// The retriever a request names (`hybrid`, as on the command line, when none).
 pub fn retriever_kind(name: Option<&str>) -> Result<RetrieverKind, ApiError> {
-    name.unwrap_or("dense")
+    name.unwrap_or("hybrid")
         .parse()
         .map_err(ApiError::bad_request)
 }
