@@ -50,7 +50,7 @@ pub struct RetrieveRequest {
     /// QA index name (default: the first configured).
     #[serde(default)]
     pub index: Option<String>,
-    /// `dense` (default), `bm25` or `hybrid`.
+    /// `hybrid` (default), `dense` or `bm25`.
     #[serde(default)]
     pub retriever: Option<String>,
 }
@@ -95,7 +95,7 @@ pub struct AskRequest {
     /// QA index name (default: the first configured).
     #[serde(default)]
     pub index: Option<String>,
-    /// `dense` (default), `bm25` or `hybrid`.
+    /// `hybrid` (default), `dense` or `bm25`.
     #[serde(default)]
     pub retriever: Option<String>,
 }
