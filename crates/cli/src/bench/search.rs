@@ -6,6 +6,7 @@ use anyhow::{bail, ensure};
 use candle_core::DeviceLocation;
 use clap::Args;
 use half::f16;
+use ralm_index::rng::splitmix64;
 use ralm_index::{FlatIndex, Hits, Index, KeyType, Metric, SearchParams};
 use rayon::prelude::*;
 use std::collections::HashSet;
@@ -151,14 +152,6 @@ impl Engine {
             Engine::Gpu(index) => index.search(queries, k)?,
         })
     }
-}
-
-/// SplitMix64: a fast, well-mixed hash of a counter.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// `n × dim` deterministic values loosely like hidden states: each a sum of four uniforms

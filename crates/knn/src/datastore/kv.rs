@@ -307,11 +307,6 @@ impl KeyValues {
 
 /// A deterministic pseudo-random number in `[0, 1)` for `id` under `seed` (splitmix64).
 pub(crate) fn unit_hash(id: u64, seed: u64) -> f64 {
-    let mut z = id
-        .wrapping_add(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
+    let z = ralm_index::rng::splitmix64(id.wrapping_add(seed.wrapping_mul(ralm_index::rng::GAMMA)));
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
