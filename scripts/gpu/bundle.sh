@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Pack what the GPU check needs into .gpu/ (git-ignored; the device tool carries it): the CUDA
-# `ralm` binary (stripped, gzipped), MiniLM's config and tokenizer, SmolLM2's tokenizer, and
-# small data.
+# `ralm` binary (stripped, gzipped), MiniLM (int8 rows) with its config and tokenizer, SmolLM2's
+# tokenizer, the Wikipedia corpus and small data.
 #   scripts/gpu/bundle.sh        (after scripts/build-cuda.sh)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -9,11 +9,15 @@ cd "$root"
 out=.gpu
 bin=target/cuda/release/ralm
 [ -x "$bin" ] || { echo "bundle.sh: $bin missing: run scripts/build-cuda.sh first" >&2; exit 1; }
-rm -rf "$out.tmp"; mkdir -p "$out.tmp"/{minilm,smollm2,data/qa,data/lm}
+rm -rf "$out.tmp"; mkdir -p "$out.tmp"/{minilm,smollm2,wiki,data/qa,data/lm}
 # Stripped and gzipped: the binary embeds candle's PTX and is over the device tool's 64 MiB.
 strip -o "$out.tmp/ralm" "$bin"
 gzip -9 "$out.tmp/ralm"
 cp models/minilm/{config.json,tokenizer.json,vocab.txt} "$out.tmp/minilm/"
+# The real MiniLM for finetune.sh, as int8 rows (23 MB; its f32 weights would not fit).
+python3 scripts/gpu/int8_weights.py pack models/minilm/model.safetensors \
+  "$out.tmp/minilm/model.int8.safetensors"
+gzip -9 -c corpora/wiki/summaries_en-us.json >"$out.tmp/wiki/summaries_en-us.json.gz"
 # The CUDA binary needs libcuda.so.1 only to start: the link stub lets it run CPU-only commands here.
 stub=$(mktemp -d); toolkit=.cache/ralm/cuda/toolkit-13.0
 ln -s "$root/$toolkit/lib/stubs/libcuda.so" "$stub/libcuda.so.1"
@@ -23,6 +27,6 @@ rm -rf "$stub"
 data=${RALM_DATA_DIR:-../shared/data}
 cp -r "$data/qa/squad-open" "$out.tmp/data/qa/"
 cp -r "$data/lm/wikitext-2" "$out.tmp/data/lm/"
-cp scripts/gpu/random_models.py "$out.tmp/"
+cp scripts/gpu/{random_models.py,int8_weights.py} "$out.tmp/"
 rm -rf "$out"; mv "$out.tmp" "$out"
 du -sh "$out"/* | sort -h

@@ -17,7 +17,7 @@ pub(crate) const ROW_ALIGN: usize = 8;
 const MAX_QUERY_BATCH: usize = 1024;
 /// Thread blocks one kernel launch aims for: a few waves on a 132-SM H100.
 const TARGET_BLOCKS: usize = 2048;
-/// Fewest scores one kernel thread scans (more amortise its private top-k)...
+/// Fewest scores one kernel thread scans (more amortise its block's merges)...
 const MIN_ITEMS: usize = 64;
 /// ...and most (fewer give more thread blocks, and fewer candidates to merge).
 const MAX_ITEMS: usize = 1024;

@@ -1,15 +1,21 @@
 // Top-k of the rows of a score matrix, compiled at run time with NVRTC (no headers).
 //
 // scores is [nq, ld] row-major: query q against the ld keys of one key block, as the GEMM wrote
-// it. One thread block handles one chunk of one row (grid: chunks of the block × queries). Each
-// thread scans a strided part of the chunk keeping a private sorted top-k, with the L2 term
-// fused in (2·dot − ‖key‖²; the host adds −‖query‖²); then the block merges its threads' lists
-// in k rounds of a block-wide arg-max and writes the chunk's top-k, best first, to
-// out[q, first_chunk + chunk, 0..k] as (score, global row). Empty slots get (−inf, −1).
+// it. One thread block handles one chunk of one row (grid: chunks of the block × queries). The
+// block keeps its current top-k and their threshold (the k-th best score) in shared memory and
+// scans the chunk in tiles of TILE keys: each thread turns its keys into scores (the L2 term
+// fused in: 2·dot − ‖key‖²; the host adds −‖query‖²) and appends those above the threshold to a
+// shared candidate buffer. When the buffer could overflow on the next tile, and at the end, a
+// block-wide bitonic sort of candidates plus top-k yields the new top-k and threshold. After
+// the first tiles the threshold passes few keys, so the scan runs at memory speed. The chunk's
+// top-k, best first, goes to out[q, first_chunk + chunk, 0..k] as (score, global row); empty
+// slots get (−inf, −1). Scores that are NaN or −inf never pass the threshold.
 
 #define THREADS 128
-#define WARPS (THREADS / 32)
+#define ITEMS 8                  // keys per thread per tile
+#define TILE (THREADS * ITEMS)
 #define KMAX 64
+#define BUF 2048                 // candidate buffer: holds a full tile on top of BUF − TILE − KMAX
 #define NEG_INF (-__int_as_float(0x7f800000))
 
 // Whether (s1, r1) ranks before (s2, r2): higher score, then smaller row. Row −1 (an empty
@@ -18,19 +24,56 @@ __device__ __forceinline__ bool better(float s1, int r1, float s2, int r2) {
     return s1 > s2 || (s1 == s2 && (unsigned)r1 < (unsigned)r2);
 }
 
-// Inserts (s, r), known to beat the last of the k entries, into a list kept best first;
-// returns the new score of the last entry (the threshold). Equal scores stay behind earlier
-// (smaller) rows because each thread visits its rows in increasing order.
-__device__ __forceinline__ float offer(float* ls, int* lr, int k, float s, int r) {
-    int p = k - 1;
-    while (p > 0 && s > ls[p - 1]) {
-        ls[p] = ls[p - 1];
-        lr[p] = lr[p - 1];
-        --p;
+// Sorts bs/br[0..n) best first; n is a power of two ≤ BUF. Ends with a barrier.
+__device__ void sort_best_first(float* bs, int* br, int n) {
+    for (int size = 2; size <= n; size <<= 1) {
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            for (int i = threadIdx.x; i < n; i += THREADS) {
+                const int j = i ^ stride;
+                if (j > i) {
+                    // Runs of `size` alternate direction; the last run (size == n) is best first.
+                    const bool best_first = (i & size) == 0;
+                    const bool swap = best_first ? better(bs[j], br[j], bs[i], br[i])
+                                                 : better(bs[i], br[i], bs[j], br[j]);
+                    if (swap) {
+                        const float s = bs[i];
+                        const int r = br[i];
+                        bs[i] = bs[j];
+                        br[i] = br[j];
+                        bs[j] = s;
+                        br[j] = r;
+                    }
+                }
+            }
+            __syncthreads();
+        }
     }
-    ls[p] = s;
-    lr[p] = r;
-    return ls[k - 1];
+}
+
+// Merges the c candidates in bs/br with the top-k in ts/tr (c + k ≤ BUF) into ts/tr, best
+// first, and empties the buffer. Every thread calls it with the same c; it returns the new
+// threshold (the k-th best score, −inf while fewer than k keys were seen).
+__device__ float merge(float* bs, int* br, float* ts, int* tr, int* count, int c, int k) {
+    const int m = c + k;
+    int n = 1;
+    while (n < m) n <<= 1;
+    for (int i = threadIdx.x; i < k; i += THREADS) {
+        bs[c + i] = ts[i];
+        br[c + i] = tr[i];
+    }
+    for (int i = m + threadIdx.x; i < n; i += THREADS) {
+        bs[i] = NEG_INF;
+        br[i] = -1;
+    }
+    __syncthreads();
+    sort_best_first(bs, br, n);
+    for (int i = threadIdx.x; i < k; i += THREADS) {
+        ts[i] = bs[i];
+        tr[i] = br[i];
+    }
+    if (threadIdx.x == 0) *count = 0;
+    __syncthreads();
+    return ts[k - 1];
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS) topk_chunks(
@@ -46,87 +89,52 @@ extern "C" __global__ void __launch_bounds__(THREADS) topk_chunks(
     float* __restrict__ out_s,         // [nq, n_chunks, k]
     int* __restrict__ out_r)           // [nq, n_chunks, k]
 {
+    __shared__ float bs[BUF];
+    __shared__ int br[BUF];
+    __shared__ float ts[KMAX];
+    __shared__ int tr[KMAX];
+    __shared__ int count;
     const int tid = threadIdx.x;
     const long long start = (long long)blockIdx.x * chunk;
     long long end = start + chunk;
     if (end > ld) end = ld;
     const float* row = scores + (long long)blockIdx.y * ld;
 
-    float ls[KMAX];
-    int lr[KMAX];
-    for (int t = 0; t < k; ++t) {
-        ls[t] = NEG_INF;
-        lr[t] = -1;
+    for (int i = tid; i < k; i += THREADS) {
+        ts[i] = NEG_INF;
+        tr[i] = -1;
     }
-    float thr = NEG_INF;  // NaN and −inf never pass "s > thr"
-
-    long long j = start + tid;
-    // Four independent loads in flight per thread, then the tail; rows stay in increasing order.
-    for (; j + 3 * THREADS < end; j += 4 * THREADS) {
-        float v[4];
+    if (tid == 0) count = 0;
+    __syncthreads();
+    // Every top-k entry comes from an earlier tile, so from a smaller row: a key whose score
+    // equals the threshold can never displace it, and "s > thr" is the exact test.
+    float thr = NEG_INF;
+    for (long long t0 = start; t0 < end; t0 += TILE) {
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            const float s = row[j + u * THREADS];
-            v[u] = l2 ? 2.0f * s - norms[j + u * THREADS] : s;
-        }
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            if (v[u] > thr) thr = offer(ls, lr, k, v[u], base_row + (int)(j + u * THREADS));
-        }
-    }
-    for (; j < end; j += THREADS) {
-        float s = row[j];
-        if (l2) s = 2.0f * s - norms[j];
-        if (s > thr) thr = offer(ls, lr, k, s, base_row + (int)j);
-    }
-
-    // Block merge: k rounds; each finds the best head among the threads' lists (warp shuffles,
-    // then one value per warp in shared memory), thread 0 writes it out and names the winner,
-    // whose list advances. Two barriers per round: red_* are rewritten only after thread 0 has
-    // read them (second barrier), winner only after every thread has read it (first barrier
-    // of the next round).
-    __shared__ float red_s[WARPS];
-    __shared__ int red_r[WARPS];
-    __shared__ int red_t[WARPS];
-    __shared__ int winner;
-    const int lane = tid & 31;
-    const int warp = tid >> 5;
-    const long long o = ((long long)blockIdx.y * n_chunks + first_chunk + blockIdx.x) * k;
-    int pos = 0;
-    for (int i = 0; i < k; ++i) {
-        float s = pos < k ? ls[pos] : NEG_INF;
-        int r = pos < k ? lr[pos] : -1;
-        int t = tid;
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) {
-            const float s2 = __shfl_down_sync(0xffffffffu, s, off);
-            const int r2 = __shfl_down_sync(0xffffffffu, r, off);
-            const int t2 = __shfl_down_sync(0xffffffffu, t, off);
-            if (better(s2, r2, s, r)) {
-                s = s2;
-                r = r2;
-                t = t2;
-            }
-        }
-        if (lane == 0) {
-            red_s[warp] = s;
-            red_r[warp] = r;
-            red_t[warp] = t;
-        }
-        __syncthreads();
-        if (tid == 0) {
-            for (int w = 1; w < WARPS; ++w) {
-                if (better(red_s[w], red_r[w], s, r)) {
-                    s = red_s[w];
-                    r = red_r[w];
-                    t = red_t[w];
+        for (int u = 0; u < ITEMS; ++u) {
+            const long long j = t0 + u * THREADS + tid;
+            if (j < end) {
+                float s = row[j];
+                if (l2) s = 2.0f * s - norms[j];
+                if (s > thr) {
+                    const int p = atomicAdd(&count, 1);
+                    bs[p] = s;
+                    br[p] = base_row + (int)j;
                 }
             }
-            out_s[o + i] = s;
-            out_r[o + i] = r;
-            winner = t;
         }
         __syncthreads();
-        if (tid == winner) ++pos;
+        const int c = count;
+        // Second barrier: nobody appends to the next tile before every thread has read c.
+        __syncthreads();
+        if (c > BUF - TILE - KMAX) thr = merge(bs, br, ts, tr, &count, c, k);
+    }
+    const int c = count;
+    __syncthreads();
+    merge(bs, br, ts, tr, &count, c, k);
+    const long long o = ((long long)blockIdx.y * n_chunks + first_chunk + blockIdx.x) * k;
+    for (int i = tid; i < k; i += THREADS) {
+        out_s[o + i] = ts[i];
+        out_r[o + i] = tr[i];
     }
 }
