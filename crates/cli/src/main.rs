@@ -14,6 +14,7 @@ mod progress;
 mod qa;
 mod qa_dense;
 mod qa_train;
+mod realm;
 mod serve;
 mod translate;
 
@@ -47,6 +48,9 @@ enum Command {
     /// kNN-MT datastores, tuning and evaluation.
     #[command(subcommand)]
     Knnmt(knnmt::KnnmtCommand),
+    /// REALM pre-training: the entity tagger of salient-span masking, salient spans.
+    #[command(subcommand)]
+    Realm(realm::RealmCommand),
     /// Generate text with a causal LM, optionally mixed with a kNN-LM datastore.
     Generate(generate::GenerateArgs),
     /// Translate sentences (one per line) with a Marian/Bergamot or Hugging Face Marian model.
@@ -71,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::Lm(args) => lm::run(args),
         Command::Knnlm(c) => knnlm::run(&c),
         Command::Knnmt(c) => knnmt::run(&c),
+        Command::Realm(c) => realm::run(c),
         Command::Generate(a) => generate::run(&a),
         Command::Translate(args) => translate::run(args),
         Command::Mt(args) => translate::run_mt(args),

@@ -187,9 +187,51 @@ impl Chart {
     }
 }
 
+/// A training-loss chart: the loss per update and its running mean over `window` updates.
+pub fn loss_curve(title: &str, loss: Vec<(f64, f64)>, window: usize) -> Chart {
+    let window = window.max(1);
+    let smooth: Vec<(f64, f64)> = (0..loss.len())
+        .map(|i| {
+            let part = &loss[i.saturating_sub(window - 1)..=i];
+            (
+                loss[i].0,
+                part.iter().map(|p| p.1).sum::<f64>() / part.len() as f64,
+            )
+        })
+        .collect();
+    Chart {
+        title: title.into(),
+        x_label: "update".into(),
+        y_label: "loss".into(),
+        log_x: false,
+        series: vec![
+            Series {
+                name: "loss".into(),
+                points: loss,
+            },
+            Series {
+                name: format!("mean of {window}"),
+                points: smooth,
+            },
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loss_curve_smooths_with_a_running_mean() {
+        let loss = vec![(1.0, 4.0), (2.0, 2.0), (3.0, 6.0), (4.0, 0.0)];
+        let chart = loss_curve("loss", loss.clone(), 2);
+        assert_eq!(chart.series[0].points, loss);
+        assert_eq!(
+            chart.series[1].points,
+            [(1.0, 4.0), (2.0, 3.0), (3.0, 4.0), (4.0, 3.0)]
+        );
+        assert_eq!(chart.series[1].name, "mean of 2");
+    }
 
     #[test]
     fn ticks_are_round_and_cover_the_range() {

@@ -19,7 +19,7 @@ use ralm_realm::reader::ReaderOptions;
 use ralm_realm::retriever::DenseEncoder;
 use serde_json::json;
 
-use crate::plot::{Chart, Series};
+use crate::plot::{loss_curve, Chart, Series};
 use crate::qa_dense::{bar, score_reader, spread_sample, squad_split, ModelArgs};
 
 const LOG_FILE: &str = "train.jsonl";
@@ -151,34 +151,8 @@ fn plot(out: &Path) -> anyhow::Result<()> {
             f1.push((step, 100.0 * f));
         }
     }
-    let window = 10;
-    let smooth: Vec<(f64, f64)> = (0..loss.len())
-        .map(|i| {
-            let from = i.saturating_sub(window - 1);
-            let part = &loss[from..=i];
-            (
-                loss[i].0,
-                part.iter().map(|p| p.1).sum::<f64>() / part.len() as f64,
-            )
-        })
-        .collect();
-    Chart {
-        title: "REALM fine-tuning: marginal-likelihood loss".into(),
-        x_label: "update".into(),
-        y_label: "loss".into(),
-        log_x: false,
-        series: vec![
-            Series {
-                name: "loss".into(),
-                points: loss,
-            },
-            Series {
-                name: format!("mean of {window}"),
-                points: smooth,
-            },
-        ],
-    }
-    .save(&out.join("loss.svg"))?;
+    loss_curve("REALM fine-tuning: marginal-likelihood loss", loss, 10)
+        .save(&out.join("loss.svg"))?;
     if !em.is_empty() {
         Chart {
             title: "Held-out articles: extractive reader, fine-tuned retriever".into(),

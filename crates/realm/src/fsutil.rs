@@ -43,3 +43,28 @@ pub fn sync_parent(path: &Path) -> Result<()> {
         .and_then(|d| d.sync_all())
         .map_err(|e| RealmError::io(parent, e))
 }
+
+/// Replaces the directory `dir` with one written by `fill` into a temporary sibling: the old
+/// one is moved to `<dir>.old`, the new one renamed into place, then the old one removed. A
+/// crash between the two renames leaves the previous version as `<dir>.old`.
+pub fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = temp_sibling(dir);
+    let mut old_name = dir.file_name().unwrap_or_default().to_os_string();
+    old_name.push(".old");
+    let old = dir.with_file_name(old_name);
+    for stale in [&tmp, &old] {
+        if stale.exists() {
+            std::fs::remove_dir_all(stale).map_err(|e| RealmError::io(stale, e))?;
+        }
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| RealmError::io(&tmp, e))?;
+    fill(&tmp)?;
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| RealmError::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| RealmError::io(dir, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| RealmError::io(&old, e))?;
+    }
+    sync_parent(dir)
+}

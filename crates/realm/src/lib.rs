@@ -18,6 +18,7 @@ pub mod passages;
 pub mod qa_index;
 pub mod reader;
 pub mod retriever;
+pub mod salient;
 pub mod trainable;
 
 pub use error::{RealmError, Result};

@@ -1,8 +1,39 @@
-//! Helpers shared by the integration tests: locating optional real data files.
+//! Helpers shared by the integration tests: locating optional real data files; tiny BERT
+//! models.
+#![allow(dead_code)] // each test binary uses a part
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use ralm_models::bert::{load_tokenizer, BertConfig, HiddenAct};
 use ralm_realm::data::{repo_root, shared_data_dir};
+
+/// A tiny BERT's directory `root/bert` (its `vocab.txt` from `words` and a `tokenizer.json`
+/// saved from it) and its config: 2 layers of width 16, no dropout, `max_seq` positions.
+pub fn tiny_bert(root: &Path, words: &[&str], max_seq: usize) -> (PathBuf, BertConfig) {
+    let dir = root.join("bert");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("vocab.txt"), words.join("\n")).unwrap();
+    let (tok, _) = load_tokenizer(&dir, max_seq).unwrap();
+    tok.save(dir.join("tokenizer.json"), false).unwrap();
+    let config = BertConfig {
+        vocab_size: words.len(),
+        hidden_size: 16,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        intermediate_size: 32,
+        hidden_act: HiddenAct::Gelu,
+        hidden_dropout_prob: 0.0,
+        attention_probs_dropout_prob: 0.0,
+        max_position_embeddings: max_seq,
+        type_vocab_size: 2,
+        initializer_range: 0.5,
+        layer_norm_eps: 1e-12,
+        pad_token_id: 0,
+        position_embedding_type: "absolute".into(),
+        model_type: "bert".into(),
+    };
+    (dir, config)
+}
 
 /// `path` under the shared data directory, or None (with a printed skip message) when absent.
 pub fn shared(path: &str) -> Option<PathBuf> {

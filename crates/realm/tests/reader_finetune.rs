@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use ralm_models::bert::{load_tokenizer, BertConfig, HiddenAct, Mode, Pooling};
+use ralm_models::bert::{load_tokenizer, BertConfig, Mode, Pooling};
 use ralm_realm::ask::{passage_posterior, QaSystem, Reader, RetrieverKind};
 use ralm_realm::data::{AnswerKind, QaExample};
 use ralm_realm::finetune::loss::marginal_loss;
@@ -18,6 +18,8 @@ use ralm_realm::qa_index::{build_or_reuse, CorpusSources, QaIndex};
 use ralm_realm::reader::{ExtractiveReader, ReaderInput, ReaderOptions, SpanMatcher, SpecialIds};
 use ralm_realm::retriever::DenseEncoder;
 use tokenizers::Tokenizer;
+
+mod common;
 
 const WORDS: &[&str] = &[
     "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "?", ",", "what", "is", "the", "capital",
@@ -50,29 +52,7 @@ struct Tiny {
 impl Tiny {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("bert");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("vocab.txt"), WORDS.join("\n")).unwrap();
-        // A tokenizer.json (what the chunker reads) saved from the vocab.txt pipeline.
-        let (tok, _) = load_tokenizer(&dir, MAX_SEQ).unwrap();
-        tok.save(dir.join("tokenizer.json"), false).unwrap();
-        let config = BertConfig {
-            vocab_size: WORDS.len(),
-            hidden_size: 16,
-            num_hidden_layers: 2,
-            num_attention_heads: 2,
-            intermediate_size: 32,
-            hidden_act: HiddenAct::Gelu,
-            hidden_dropout_prob: 0.0,
-            attention_probs_dropout_prob: 0.0,
-            max_position_embeddings: MAX_SEQ,
-            type_vocab_size: 2,
-            initializer_range: 0.5,
-            layer_norm_eps: 1e-12,
-            pad_token_id: 0,
-            position_embedding_type: "absolute".into(),
-            model_type: "bert".into(),
-        };
+        let (dir, config) = common::tiny_bert(tmp.path(), WORDS, MAX_SEQ);
         Self {
             _tmp: tmp,
             dir,

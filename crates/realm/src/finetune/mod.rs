@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{read_json, QaExample};
 use crate::error::{RealmError, Result};
-use crate::fsutil::{sync_parent, write_atomic};
+use crate::fsutil::{replace_dir, write_atomic};
 use crate::qa_index::QaIndex;
 use crate::reader::{span_scores, ExtractiveReader, ReaderInput, ReaderOptions, SpanMatcher};
 use crate::retriever::DenseEncoder;
@@ -545,40 +545,26 @@ impl<'a> Trainer<'a> {
     pub fn save(&self, out: &Path) -> Result<PathBuf> {
         std::fs::create_dir_all(out).map_err(|e| RealmError::io(out, e))?;
         let dir = out.join(CHECKPOINT_DIR);
-        let tmp = out.join(format!("{CHECKPOINT_DIR}.tmp-{}", std::process::id()));
-        let old = out.join(format!("{CHECKPOINT_DIR}.old"));
-        for stale in [&tmp, &old] {
-            if stale.exists() {
-                std::fs::remove_dir_all(stale).map_err(|e| RealmError::io(stale, e))?;
-            }
-        }
-        std::fs::create_dir_all(&tmp).map_err(|e| RealmError::io(&tmp, e))?;
-        self.reader.save(&tmp.join(READER_DIR))?;
-        self.query.save(&tmp.join(QUERY_DIR))?;
-        ralm_models::weights::save_safetensors(
-            &tmp.join(OPTIMIZER_FILE),
-            &self.optimizer.state()?,
-        )?;
-        let state = CheckpointState {
-            format: FORMAT.into(),
-            version: VERSION,
-            step: self.step,
-            config: self.config.clone(),
-            document_encoder: self.document_encoder.clone(),
-        };
-        let bytes = serde_json::to_vec_pretty(&state)
-            .map_err(|e| RealmError::Invalid(format!("checkpoint state: {e}")))?;
-        write_atomic(&tmp.join(STATE_FILE), |w| {
-            std::io::Write::write_all(w, &bytes)
+        replace_dir(&dir, |tmp| {
+            self.reader.save(&tmp.join(READER_DIR))?;
+            self.query.save(&tmp.join(QUERY_DIR))?;
+            ralm_models::weights::save_safetensors(
+                &tmp.join(OPTIMIZER_FILE),
+                &self.optimizer.state()?,
+            )?;
+            let state = CheckpointState {
+                format: FORMAT.into(),
+                version: VERSION,
+                step: self.step,
+                config: self.config.clone(),
+                document_encoder: self.document_encoder.clone(),
+            };
+            let bytes = serde_json::to_vec_pretty(&state)
+                .map_err(|e| RealmError::Invalid(format!("checkpoint state: {e}")))?;
+            write_atomic(&tmp.join(STATE_FILE), |w| {
+                std::io::Write::write_all(w, &bytes)
+            })
         })?;
-        if dir.exists() {
-            std::fs::rename(&dir, &old).map_err(|e| RealmError::io(&dir, e))?;
-        }
-        std::fs::rename(&tmp, &dir).map_err(|e| RealmError::io(&dir, e))?;
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|e| RealmError::io(&old, e))?;
-        }
-        sync_parent(&dir)?;
         Ok(dir)
     }
 }

@@ -1,0 +1,309 @@
+//! `ralm realm ...`: the pieces of REALM pre-training built so far — the named-entity tagger of
+//! salient-span masking (trained and scored on CoNLL-2003) and the salient spans of a text.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use ralm_realm::data::shared_data_dir;
+use ralm_realm::salient::conll::{entity_scores, read_conll, EntityScores, TaggedSentence};
+use ralm_realm::salient::tagger::{EntityTagger, TaggerTrainer, CONLL_LABELS};
+use ralm_realm::salient::{choose_span, SalientSpans, SpanKind};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde_json::json;
+
+use crate::plot::loss_curve;
+use crate::qa_dense::bar;
+
+/// Sentences per forward pass when tagging.
+const PREDICT_BATCH: usize = 64;
+
+/// REALM pre-training commands.
+#[derive(Subcommand)]
+pub enum RealmCommand {
+    /// Train the named-entity tagger of salient-span masking on CoNLL-2003.
+    NerTrain(NerTrainArgs),
+    /// Entity-level precision, recall and F1 of a tagger on a CoNLL-2003 split.
+    NerEval(NerEvalArgs),
+    /// Show the salient spans of texts and the span REALM would mask.
+    Spans(SpansArgs),
+}
+
+/// Options of `ralm realm ner-train`.
+#[derive(Args)]
+pub struct NerTrainArgs {
+    /// HF BERT directory to start from.
+    #[arg(long, default_value = "models/minilm")]
+    encoder: PathBuf,
+    /// Output directory: tagger/ (HF BERT directory + classifier head), train.jsonl,
+    /// loss.svg, eval.json.
+    #[arg(long, default_value = "runs/ner")]
+    out: PathBuf,
+    /// CoNLL-2003 directory (train.txt, dev.txt).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Training sentences used (a seeded sample of train.txt; 0 = all 14,041).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    /// Passes over the training sentences.
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Sentences per update.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Warmup updates (linear), then linear decay to 0.
+    #[arg(long, default_value_t = 50)]
+    warmup: usize,
+    /// Save the tagger every N updates (and at the end).
+    #[arg(long, default_value_t = 200)]
+    checkpoint_every: usize,
+    /// Dev sentences scored at the end (0 = all 3,250).
+    #[arg(long, default_value_t = 0)]
+    dev_limit: usize,
+    /// Seed of the head's initialisation and the sentence order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// Options of `ralm realm ner-eval`.
+#[derive(Args)]
+pub struct NerEvalArgs {
+    /// Tagger directory (`ralm realm ner-train --out DIR` writes DIR/tagger).
+    #[arg(long, default_value = "runs/ner/tagger")]
+    tagger: PathBuf,
+    /// CoNLL-2003 directory.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Split: train, dev or test.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Write the scores as JSON here.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+}
+
+/// Options of `ralm realm spans`.
+#[derive(Args)]
+pub struct SpansArgs {
+    /// Tagger directory; without one only dates are found.
+    #[arg(long)]
+    tagger: Option<PathBuf>,
+    /// Seed of the span choice.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Texts (sentences).
+    #[arg(required = true)]
+    texts: Vec<String>,
+}
+
+/// Runs `ralm realm ...`.
+pub fn run(cmd: RealmCommand) -> anyhow::Result<()> {
+    match cmd {
+        RealmCommand::NerTrain(a) => ner_train(a),
+        RealmCommand::NerEval(a) => ner_eval(a),
+        RealmCommand::Spans(a) => spans(a),
+    }
+}
+
+fn conll_file(data: &Option<PathBuf>, split: &str) -> anyhow::Result<Vec<TaggedSentence>> {
+    if !["train", "dev", "test"].contains(&split) {
+        anyhow::bail!("--split must be train, dev or test, not `{split}`");
+    }
+    let dir = data
+        .clone()
+        .unwrap_or_else(|| shared_data_dir().join("ner/conll2003"));
+    let path = dir.join(format!("{split}.txt"));
+    read_conll(&path).with_context(|| format!("reading CoNLL-2003 {split} split"))
+}
+
+/// Tags `sentences` in batches with a progress bar and scores them against their gold tags.
+fn score(tagger: &EntityTagger, sentences: &[TaggedSentence]) -> anyhow::Result<EntityScores> {
+    let pb = bar(sentences.len(), "tag");
+    let mut predicted = Vec::with_capacity(sentences.len());
+    for chunk in sentences.chunks(PREDICT_BATCH) {
+        let words: Vec<Vec<String>> = chunk.iter().map(|s| s.words.clone()).collect();
+        predicted.extend(tagger.predict(&words)?);
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    let gold: Vec<Vec<String>> = sentences.iter().map(|s| s.tags.clone()).collect();
+    Ok(entity_scores(&gold, &predicted)?)
+}
+
+fn print_scores(what: &str, s: &EntityScores) {
+    println!(
+        "{what}: entity F1 {:.2}% (precision {:.2}%, recall {:.2}%, {} entities)",
+        100.0 * s.overall.f1,
+        100.0 * s.overall.precision,
+        100.0 * s.overall.recall,
+        s.overall.support
+    );
+    for (kind, p) in &s.by_type {
+        println!(
+            "  {kind:<5} F1 {:.2}%  P {:.2}%  R {:.2}%  ({} entities)",
+            100.0 * p.f1,
+            100.0 * p.precision,
+            100.0 * p.recall,
+            p.support
+        );
+    }
+}
+
+fn ner_train(a: NerTrainArgs) -> anyhow::Result<()> {
+    let mut train = conll_file(&a.data, "train")?;
+    let mut rng = StdRng::seed_from_u64(a.seed);
+    train.shuffle(&mut rng);
+    if a.limit > 0 {
+        train.truncate(a.limit);
+    }
+    let mut dev = conll_file(&a.data, "dev")?;
+    if a.dev_limit > 0 {
+        dev.truncate(a.dev_limit);
+    }
+    let batch = a.batch.max(1);
+    let per_epoch = train.len().div_ceil(batch);
+    let total = per_epoch * a.epochs.max(1);
+    let device = crate::device::current();
+    let tagger = EntityTagger::load(&a.encoder, &CONLL_LABELS, a.seed, &device)
+        .with_context(|| format!("loading {}", a.encoder.display()))?;
+    let mut trainer = TaggerTrainer::new(tagger, a.lr, a.warmup, total)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let log_path = a.out.join("train.jsonl");
+    let mut log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let tagger_dir = a.out.join("tagger");
+    eprintln!(
+        "{} training sentences, {total} updates of {batch}, {} dev sentences",
+        train.len(),
+        dev.len()
+    );
+    let pb = bar(total * batch, "train");
+    let started = Instant::now();
+    let mut losses = Vec::new();
+    let (mut tokens, mut recent) = (0usize, 0.0f64);
+    for epoch in 0..a.epochs.max(1) {
+        if epoch > 0 {
+            train.shuffle(&mut rng);
+        }
+        for chunk in train.chunks(batch) {
+            let refs: Vec<&TaggedSentence> = chunk.iter().collect();
+            let s = trainer.step(&refs)?;
+            tokens += s.tokens;
+            recent = if s.step == 1 {
+                s.loss
+            } else {
+                0.95 * recent + 0.05 * s.loss
+            };
+            let secs = started.elapsed().as_secs_f64();
+            writeln!(
+                log,
+                "{}",
+                json!({"step": s.step, "epoch": epoch, "loss": s.loss, "lr": s.lr,
+                "grad_norm": s.grad_norm, "tokens": s.tokens, "elapsed_s": secs,
+                "tokens_per_s": tokens as f64 / secs})
+            )?;
+            losses.push((s.step as f64, s.loss));
+            pb.set_message(format!(
+                "loss {recent:.3} ({:.0} tok/s)",
+                tokens as f64 / secs
+            ));
+            pb.inc(chunk.len() as u64);
+            if s.step % a.checkpoint_every.max(1) == 0 {
+                trainer.tagger().save(&tagger_dir)?;
+                loss_curve(
+                    "Entity tagger (CoNLL-2003): cross-entropy",
+                    losses.clone(),
+                    20,
+                )
+                .save(&a.out.join("loss.svg"))?;
+            }
+        }
+    }
+    pb.finish_and_clear();
+    log.flush()?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{total} updates in {secs:.0}s ({:.0} tokens/s)",
+        tokens as f64 / secs
+    );
+    trainer.tagger().save(&tagger_dir)?;
+    loss_curve("Entity tagger (CoNLL-2003): cross-entropy", losses, 20)
+        .save(&a.out.join("loss.svg"))?;
+    let scores = score(trainer.tagger(), &dev)?;
+    print_scores("dev", &scores);
+    crate::io::write_atomic(
+        &a.out.join("eval.json"),
+        serde_json::to_string_pretty(&json!({"split": "dev", "sentences": dev.len(),
+            "scores": scores, "train_sentences": train.len(), "updates": total,
+            "tokens_per_s": tokens as f64 / secs}))?
+        .as_bytes(),
+    )?;
+    eprintln!("tagger in {}", tagger_dir.display());
+    Ok(())
+}
+
+fn ner_eval(a: NerEvalArgs) -> anyhow::Result<()> {
+    let sentences = conll_file(&a.data, &a.split)?;
+    let tagger = EntityTagger::load(&a.tagger, &CONLL_LABELS, 0, &crate::device::current())
+        .with_context(|| format!("loading tagger {}", a.tagger.display()))?;
+    if !a.tagger.join("tagger.json").is_file() {
+        anyhow::bail!(
+            "{} is not a trained tagger (no tagger.json): train one with `ralm realm ner-train`",
+            a.tagger.display()
+        );
+    }
+    let started = Instant::now();
+    let scores = score(&tagger, &sentences)?;
+    print_scores(&a.split, &scores);
+    eprintln!(
+        "{} sentences in {:.1}s",
+        sentences.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &a.json_out {
+        crate::io::write_atomic(
+            path,
+            serde_json::to_string_pretty(&json!({"split": a.split, "sentences": sentences.len(),
+                "scores": scores}))?
+            .as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+fn spans(a: SpansArgs) -> anyhow::Result<()> {
+    let tagger = match &a.tagger {
+        Some(dir) => Some(
+            EntityTagger::load(dir, &CONLL_LABELS, 0, &crate::device::current())
+                .with_context(|| format!("loading tagger {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let finder = SalientSpans::new(tagger);
+    let texts: Vec<&str> = a.texts.iter().map(String::as_str).collect();
+    let found = finder.find(&texts)?;
+    let mut rng = StdRng::seed_from_u64(a.seed);
+    for (text, spans) in texts.iter().zip(&found) {
+        println!("{text}");
+        for s in spans {
+            let kind = match &s.kind {
+                SpanKind::Entity(t) => t.as_str(),
+                SpanKind::Date => "DATE",
+                SpanKind::Random => "RANDOM",
+            };
+            println!("  {kind:<6} {}", &text[s.start..s.end]);
+        }
+        match choose_span(text, spans, &mut rng) {
+            Some(m) => println!("  masked: {}[MASK]{}", &text[..m.start], &text[m.end..]),
+            None => println!("  masked: nothing to mask"),
+        }
+    }
+    Ok(())
+}
