@@ -1,5 +1,6 @@
-//! `ralm realm ...`: the pieces of REALM pre-training built so far — the named-entity tagger of
-//! salient-span masking (trained and scored on CoNLL-2003) and the salient spans of a text.
+//! `ralm realm ...`: REALM pre-training as built so far — the named-entity tagger of
+//! salient-span masking (trained and scored on CoNLL-2003), the salient spans of a text, and
+//! pre-training against a fixed QA index.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -7,7 +8,13 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use ralm_models::bert::{BertForMaskedLM, Pooling};
 use ralm_realm::data::shared_data_dir;
+use ralm_realm::finetune::query::QueryTower;
+use ralm_realm::passages::MAX_PASSAGE_WORDPIECES;
+use ralm_realm::pretrain::{masked_sentences, PretrainConfig, Pretrainer, RealmModels, Specials};
+use ralm_realm::qa_index::QaIndex;
+use ralm_realm::retriever::{DenseEncoder, MAX_QUESTION_WORDPIECES};
 use ralm_realm::salient::conll::{entity_scores, read_conll, EntityScores, TaggedSentence};
 use ralm_realm::salient::tagger::{EntityTagger, TaggerTrainer, CONLL_LABELS};
 use ralm_realm::salient::{choose_span, SalientSpans, SpanKind};
@@ -31,6 +38,9 @@ pub enum RealmCommand {
     NerEval(NerEvalArgs),
     /// Show the salient spans of texts and the span REALM would mask.
     Spans(SpansArgs),
+    /// Pre-train the knowledge-augmented encoder and both retriever towers on salient-span
+    /// masked sentences against a QA index (the index is not refreshed yet).
+    Pretrain(PretrainArgs),
 }
 
 /// Options of `ralm realm ner-train`.
@@ -109,6 +119,7 @@ pub fn run(cmd: RealmCommand) -> anyhow::Result<()> {
         RealmCommand::NerTrain(a) => ner_train(a),
         RealmCommand::NerEval(a) => ner_eval(a),
         RealmCommand::Spans(a) => spans(a),
+        RealmCommand::Pretrain(a) => pretrain(a),
     }
 }
 
@@ -305,5 +316,155 @@ fn spans(a: SpansArgs) -> anyhow::Result<()> {
             None => println!("  masked: nothing to mask"),
         }
     }
+    Ok(())
+}
+
+/// Options of `ralm realm pretrain`.
+#[derive(Args)]
+pub struct PretrainArgs {
+    /// QA index whose passages are the knowledge corpus (`ralm qa index`).
+    #[arg(long, default_value = "runs/qa/squad")]
+    index: PathBuf,
+    /// The index's document encoder; the reader and both towers start from it.
+    #[arg(long, default_value = "models/minilm")]
+    encoder: PathBuf,
+    /// Entity tagger for salient spans (`ralm realm ner-train`); without one, dates only.
+    #[arg(long)]
+    tagger: Option<PathBuf>,
+    /// Output directory: checkpoint/, train.jsonl, loss.svg, utility.svg.
+    #[arg(long, default_value = "runs/realm-pretrain")]
+    out: PathBuf,
+    /// Training sentences (from a seeded sample of the index's passages).
+    #[arg(long, default_value_t = 200)]
+    sentences: usize,
+    /// Sentences per update.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Documents retrieved per sentence (plus the null document).
+    #[arg(long, default_value_t = 4)]
+    k: usize,
+    /// Peak learning rate of the knowledge-augmented encoder.
+    #[arg(long, default_value_t = 5e-5)]
+    lr: f64,
+    /// Peak learning rate of the input and document towers.
+    #[arg(long, default_value_t = 1e-5)]
+    tower_lr: f64,
+    /// Warmup updates.
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    /// Most wordpieces of a retrieved document in the reader's input.
+    #[arg(long, default_value_t = 128)]
+    max_doc_pieces: usize,
+    /// Scale of inner products in p(z|x).
+    #[arg(long, default_value_t = ralm_realm::ask::DEFAULT_SCORE_SCALE)]
+    scale: f64,
+    /// Save a checkpoint every N updates (and at the end).
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: usize,
+    /// Seed of the passage sample and the span choice.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
+    let device = crate::device::current();
+    let document = DenseEncoder::load(&a.encoder, Pooling::Mean, 32, &device)
+        .with_context(|| format!("loading encoder {}", a.encoder.display()))?;
+    let index = QaIndex::open(&a.index, &document)
+        .with_context(|| format!("opening QA index {}", a.index.display()))?;
+    let tagger = match &a.tagger {
+        Some(dir) => Some(
+            EntityTagger::load(dir, &CONLL_LABELS, 0, &device)
+                .with_context(|| format!("loading tagger {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let mut rng = StdRng::seed_from_u64(a.seed);
+    let mut passages = index.passages().to_vec();
+    passages.shuffle(&mut rng);
+    // About four usable sentences per passage.
+    passages.truncate(a.sentences.div_ceil(2).max(1));
+    let finder = SalientSpans::new(tagger);
+    let mut sentences = masked_sentences(&passages, &finder, 6..=60, PREDICT_BATCH, &mut rng)?;
+    sentences.truncate(a.sentences);
+    if sentences.is_empty() {
+        anyhow::bail!("no sentences of 6 to 60 words in the sampled passages");
+    }
+    let batch = a.batch.max(1);
+    let total = sentences.len().div_ceil(batch);
+    let mut docs = QueryTower::load(&a.encoder, Pooling::Mean, &device)?;
+    docs.set_max_len(MAX_PASSAGE_WORDPIECES)?;
+    let reader = BertForMaskedLM::load(&a.encoder, &device)?;
+    let pad = reader.bert().config().pad_token_id;
+    let models = RealmModels {
+        specials: Specials::of(docs.body().tokenizer(), pad)?,
+        reader,
+        input: QueryTower::load(&a.encoder, Pooling::Mean, &device)?,
+        docs,
+        max_doc_pieces: a.max_doc_pieces,
+        scale: a.scale,
+    };
+    let config = PretrainConfig {
+        k: a.k,
+        lr: a.lr,
+        tower_lr: a.tower_lr,
+        warmup_steps: a.warmup,
+        total_steps: total,
+        max_sentence_pieces: MAX_QUESTION_WORDPIECES - 2,
+    };
+    let mut trainer = Pretrainer::new(&index, models, config)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut log = std::fs::File::create(a.out.join("train.jsonl"))?;
+    eprintln!(
+        "{} sentences, {total} updates of {batch}, k = {} plus the null document, {} passages",
+        sentences.len(),
+        a.k,
+        index.passages().len()
+    );
+    let pb = bar(total * batch, "pretrain");
+    let started = Instant::now();
+    let (mut losses, mut utility, mut tokens) = (Vec::new(), Vec::new(), 0usize);
+    for chunk in sentences.chunks(batch) {
+        let s = trainer.step(chunk)?;
+        tokens += s.tokens;
+        let secs = started.elapsed().as_secs_f64();
+        writeln!(
+            log,
+            "{}",
+            json!({"step": s.step, "loss": s.loss,
+            "retrieval_utility": s.retrieval_utility, "null_probability": s.null_probability,
+            "lr": s.lr, "grad_norm": s.grad_norm, "tokens": s.tokens, "elapsed_s": secs,
+            "tokens_per_s": tokens as f64 / secs})
+        )?;
+        losses.push((s.step as f64, s.loss));
+        utility.push((s.step as f64, s.retrieval_utility));
+        pb.set_message(format!(
+            "loss {:.2} RU {:+.2} ({:.0} tok/s)",
+            s.loss,
+            s.retrieval_utility,
+            tokens as f64 / secs
+        ));
+        pb.inc(chunk.len() as u64);
+        if s.step % a.checkpoint_every.max(1) == 0 || s.step == total {
+            trainer.save(&a.out.join("checkpoint"))?;
+            loss_curve(
+                "REALM pre-training: −log Σ p(z|x) p(y|z,x)",
+                losses.clone(),
+                10,
+            )
+            .save(&a.out.join("loss.svg"))?;
+            let mut ru = loss_curve("Retrieval utility of the top document", utility.clone(), 10);
+            ru.y_label = "log p(y|z,x) − log p(y|∅,x)".into();
+            ru.save(&a.out.join("utility.svg"))?;
+        }
+    }
+    pb.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{total} updates in {secs:.0}s ({:.0} tokens/s, {:.2} s per update); checkpoint in {}",
+        tokens as f64 / secs,
+        secs / total as f64,
+        a.out.join("checkpoint").display()
+    );
     Ok(())
 }

@@ -15,6 +15,7 @@ mod fsutil;
 pub mod generative;
 pub mod metrics;
 pub mod passages;
+pub mod pretrain;
 pub mod qa_index;
 pub mod reader;
 pub mod retriever;

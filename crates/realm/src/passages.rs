@@ -256,3 +256,9 @@ pub fn write_passages(path: &Path, passages: &[Passage]) -> Result<()> {
 pub fn read_passages(path: &Path) -> Result<Vec<Passage>> {
     read_jsonl(path)
 }
+
+/// The document id of a passage id `<source>:<document>:<chunk>`.
+pub fn document_of(passage_id: &str) -> &str {
+    let rest = passage_id.split_once(':').map_or(passage_id, |(_, r)| r);
+    rest.rsplit_once(':').map_or(rest, |(d, _)| d)
+}

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{read_json, QaExample};
 use crate::error::{RealmError, Result};
 use crate::fsutil::{replace_dir, write_atomic};
+use crate::passages::document_of;
 use crate::qa_index::QaIndex;
 use crate::reader::{span_scores, ExtractiveReader, ReaderInput, ReaderOptions, SpanMatcher};
 use crate::retriever::DenseEncoder;
@@ -221,12 +222,6 @@ struct Prepared {
     inputs: Vec<ReaderInput>,
     spans: Vec<Vec<(usize, usize)>>,
     matching: Vec<Vec<u32>>,
-}
-
-/// The document id of a passage id `<source>:<document>:<chunk>`.
-fn document_of(passage_id: &str) -> &str {
-    let rest = passage_id.split_once(':').map_or(passage_id, |(_, r)| r);
-    rest.rsplit_once(':').map_or(rest, |(d, _)| d)
 }
 
 /// Trains the query tower and the extractive reader against a frozen QA index.

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use ralm_models::bert::{l2_normalize, BertConfig, Mode, Pooling};
+use ralm_models::bert::{l2_normalize, BertConfig, Mode, Pooling, TokenBatch};
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{RealmError, Result};
@@ -44,15 +44,24 @@ impl QueryTower {
         Self::assemble(body, pooling)
     }
 
-    fn assemble(mut body: TrainableBert, pooling: Pooling) -> Result<Self> {
+    fn assemble(body: TrainableBert, pooling: Pooling) -> Result<Self> {
+        let mut tower = Self { body, pooling };
         // Questions are cut where the retriever cuts them.
-        body.tokenizer_mut()
+        tower.set_max_len(MAX_QUESTION_WORDPIECES)?;
+        Ok(tower)
+    }
+
+    /// Cuts texts to `max_len` wordpieces (`[CLS]` and `[SEP]` included), e.g. the passage
+    /// length for a document tower.
+    pub fn set_max_len(&mut self, max_len: usize) -> Result<()> {
+        self.body
+            .tokenizer_mut()
             .with_truncation(Some(TruncationParams {
-                max_length: MAX_QUESTION_WORDPIECES,
+                max_length: max_len,
                 ..Default::default()
             }))
             .map_err(|e| RealmError::Tokenizer(e.to_string()))?;
-        Ok(Self { body, pooling })
+        Ok(())
     }
 
     /// The trainable body.
@@ -68,7 +77,17 @@ impl QueryTower {
             .encode_batch(questions.to_vec(), true)
             .map_err(|e| RealmError::Tokenizer(e.to_string()))?;
         let refs: Vec<_> = encodings.iter().collect();
-        let (hidden, mask) = self.body.hidden_states(&refs, mode)?;
+        let batch = TokenBatch::new(
+            &refs,
+            self.body.bert().config().pad_token_id,
+            self.body.device(),
+        )?;
+        self.embed_batch(&batch, mode)
+    }
+
+    /// Unit vectors `[b, dim]` of an already tokenized batch.
+    pub fn embed_batch(&self, batch: &TokenBatch, mode: Mode) -> Result<Tensor> {
+        let (hidden, mask) = self.body.hidden_states_of(batch, mode)?;
         Ok(l2_normalize(&self.pooling.pool(&hidden, &mask)?)?)
     }
 

@@ -237,25 +237,38 @@ fn best_spans(
 
 /// Pads reader inputs into one batch.
 fn pad(inputs: &[&ReaderInput], pad_id: u32, device: &Device) -> Result<TokenBatch> {
-    let b = inputs.len();
-    let t = inputs.iter().map(|i| i.ids.len()).max().unwrap_or(0);
-    if b == 0 {
-        return Err(RealmError::Invalid("no reader inputs".into()));
+    let rows: Vec<(&[u32], &[u32])> = inputs
+        .iter()
+        .map(|i| (i.ids.as_slice(), i.type_ids.as_slice()))
+        .collect();
+    pad_rows(&rows, pad_id, device)
+}
+
+/// A batch of `(token ids, token types)` rows padded to the longest with `pad_id`.
+pub(crate) fn pad_rows(
+    rows: &[(&[u32], &[u32])],
+    pad_id: u32,
+    device: &Device,
+) -> Result<TokenBatch> {
+    let b = rows.len();
+    let t = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    if b == 0 || t == 0 {
+        return Err(RealmError::Invalid("no token rows to batch".into()));
     }
     let mut ids = vec![pad_id; b * t];
     let mut types = vec![0u32; b * t];
     let mut mask = vec![0f32; b * t];
-    for (row, input) in inputs.iter().enumerate() {
-        let r = row * t..row * t + input.ids.len();
-        ids[r.clone()].copy_from_slice(&input.ids);
-        types[r.clone()].copy_from_slice(&input.type_ids);
+    for (row, (row_ids, row_types)) in rows.iter().enumerate() {
+        let r = row * t..row * t + row_ids.len();
+        ids[r.clone()].copy_from_slice(row_ids);
+        types[r.clone()].copy_from_slice(row_types);
         mask[r].fill(1.0);
     }
     Ok(TokenBatch {
         ids: Tensor::from_vec(ids, (b, t), device)?,
         type_ids: Tensor::from_vec(types, (b, t), device)?,
         mask: Tensor::from_vec(mask, (b, t), device)?,
-        lengths: inputs.iter().map(|i| i.ids.len()).collect(),
+        lengths: rows.iter().map(|r| r.0.len()).collect(),
     })
 }
 

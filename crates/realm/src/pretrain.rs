@@ -1,0 +1,516 @@
+//! REALM's pre-training objective: a masked sentence `x` (one salient span masked), the top-k
+//! documents `z` retrieved for it plus the null document, and
+//! `−log Σ_z p(z|x) p(y|z,x)`, where `p(z|x)` is the softmax of `scale · Embed_input(x) ·
+//! Embed_doc(z)` over the candidates (both towers recomputed, so gradients reach them) and
+//! `p(y|z,x)` is the product, over the masked wordpieces, of the knowledge-augmented encoder's
+//! probability of the original token given `[CLS] x [SEP] z [SEP]`.
+
+use std::path::Path;
+
+use candle_core::{Tensor, D};
+use ralm_models::bert::{BertForMaskedLM, Mode, TokenBatch};
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use crate::error::{RealmError, Result};
+use crate::finetune::adamw::{linear_schedule, AdamW, AdamWConfig};
+use crate::finetune::loss::logsumexp;
+use crate::finetune::query::QueryTower;
+use crate::fsutil::{replace_dir, write_atomic};
+use crate::passages::{document_of, Passage};
+use crate::qa_index::QaIndex;
+use crate::reader::pad_rows;
+use crate::retriever::passage_text;
+use crate::salient::{choose_span, SalientSpans};
+
+/// A sentence with one span (a byte range) to mask, and the document it came from.
+#[derive(Debug, Clone)]
+pub struct MaskedSentence {
+    pub text: String,
+    pub span: (usize, usize),
+    /// Its document ([`document_of`] its passage id): passages of it are never retrieved for it.
+    pub document: String,
+}
+
+/// A masked sentence tokenized: wordpieces with the span's pieces replaced by `[MASK]`, and
+/// the masked positions with their original ids.
+#[derive(Debug, Clone)]
+pub struct MaskedTokens {
+    /// Wordpieces of the sentence (no special tokens), masked.
+    pub ids: Vec<u32>,
+    /// Positions in `ids` that are masked.
+    pub positions: Vec<usize>,
+    /// Original ids at those positions.
+    pub targets: Vec<u32>,
+}
+
+/// Token ids the pre-training inputs are built with.
+#[derive(Debug, Clone, Copy)]
+pub struct Specials {
+    pub cls: u32,
+    pub sep: u32,
+    pub mask: u32,
+    pub pad: u32,
+}
+
+impl Specials {
+    /// Looks `[CLS]`, `[SEP]` and `[MASK]` up in `tokenizer`.
+    pub fn of(tokenizer: &Tokenizer, pad: u32) -> Result<Self> {
+        let id = |t: &str| {
+            tokenizer
+                .token_to_id(t)
+                .ok_or_else(|| RealmError::Tokenizer(format!("{t} is not in the vocabulary")))
+        };
+        Ok(Self {
+            cls: id("[CLS]")?,
+            sep: id("[SEP]")?,
+            mask: id("[MASK]")?,
+            pad,
+        })
+    }
+}
+
+/// Tokenizes `s` (at most `max_pieces` wordpieces) and masks every wordpiece that overlaps its
+/// span; an error when the span covers no wordpiece (e.g. it was cut off).
+pub fn mask_sentence(
+    tokenizer: &Tokenizer,
+    s: &MaskedSentence,
+    max_pieces: usize,
+    mask: u32,
+) -> Result<MaskedTokens> {
+    let enc = tokenizer
+        .encode(s.text.as_str(), false)
+        .map_err(|e| RealmError::Tokenizer(e.to_string()))?;
+    let n = enc.len().min(max_pieces);
+    let mut ids = enc.get_ids()[..n].to_vec();
+    let (mut positions, mut targets) = (Vec::new(), Vec::new());
+    for (i, &(a, b)) in enc.get_offsets()[..n].iter().enumerate() {
+        if a < s.span.1 && s.span.0 < b {
+            positions.push(i);
+            targets.push(ids[i]);
+            ids[i] = mask;
+        }
+    }
+    if positions.is_empty() {
+        return Err(RealmError::Invalid(format!(
+            "the span {:?} of {:?} covers no wordpiece in the first {max_pieces}",
+            s.span, s.text
+        )));
+    }
+    Ok(MaskedTokens {
+        ids,
+        positions,
+        targets,
+    })
+}
+
+/// The three models REALM pre-trains, and how their inputs are built.
+pub struct RealmModels {
+    /// The knowledge-augmented encoder (BERT + MLM head).
+    pub reader: BertForMaskedLM,
+    /// Embeds masked sentences.
+    pub input: QueryTower,
+    /// Embeds documents (the index is built from a snapshot of it).
+    pub docs: QueryTower,
+    pub specials: Specials,
+    /// Most wordpieces of a document in the reader's input.
+    pub max_doc_pieces: usize,
+    /// Scale of inner products in `p(z|x)`.
+    pub scale: f64,
+}
+
+/// The pieces of one sentence's loss, for logging and checking.
+pub struct SentenceLoss {
+    /// `−log Σ_z p(z|x) p(y|z,x)` (differentiable).
+    pub loss: Tensor,
+    /// `log p(z|x)` of the candidates, the null document last.
+    pub log_p_z: Vec<f32>,
+    /// `log p(y|z,x)` of the candidates, the null document last.
+    pub log_p_y: Vec<f32>,
+    /// Wordpieces run through the three models.
+    pub tokens: usize,
+}
+
+impl SentenceLoss {
+    /// Retrieval utility of the top document: `log p(y|z_top,x) − log p(y|∅,x)`, with `z_top`
+    /// the candidate of highest `p(z|x)` other than the null document (`None` without one).
+    pub fn retrieval_utility(&self) -> Option<f32> {
+        let null = self.log_p_y.len() - 1;
+        let top = (0..null).max_by(|&a, &b| self.log_p_z[a].total_cmp(&self.log_p_z[b]))?;
+        Some(self.log_p_y[top] - self.log_p_y[null])
+    }
+}
+
+impl RealmModels {
+    /// The loss of masked sentence `x` against candidate documents `docs` (the null document is
+    /// added last), in training mode.
+    pub fn sentence_loss(&self, x: &MaskedTokens, docs: &[&Passage]) -> Result<SentenceLoss> {
+        let sp = self.specials;
+        let device = self.reader.bert().word_embeddings().device().clone();
+        // p(z|x): the masked sentence against every candidate and the empty document.
+        let mut query = vec![sp.cls];
+        query.extend(&x.ids);
+        query.push(sp.sep);
+        let zeros = vec![0u32; query.len()];
+        let q = self.input.embed_batch(
+            &pad_rows(&[(&query, &zeros)], sp.pad, &device)?,
+            Mode::Train,
+        )?;
+        let mut texts: Vec<String> = docs.iter().map(|p| passage_text(p)).collect();
+        texts.push(String::new());
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let d = self.docs.embed(&refs, Mode::Train)?;
+        let scores = (d.matmul(&q.t()?)?.squeeze(1)? * self.scale)?;
+        let log_p_z = candle_nn::ops::log_softmax(&scores, D::Minus1)?;
+
+        // p(y|z,x): the reader over [CLS] x [SEP] z [SEP] for every candidate.
+        let doc_ids = self
+            .docs
+            .body()
+            .tokenizer()
+            .encode_batch(refs.clone(), false)
+            .map_err(|e| RealmError::Tokenizer(e.to_string()))?;
+        let rows: Vec<(Vec<u32>, Vec<u32>)> = doc_ids
+            .iter()
+            .map(|e| {
+                let z = &e.get_ids()[..e.len().min(self.max_doc_pieces)];
+                let mut ids = query.clone();
+                ids.extend(z);
+                ids.push(sp.sep);
+                let mut types = vec![0u32; query.len()];
+                types.resize(ids.len(), 1);
+                (ids, types)
+            })
+            .collect();
+        let row_refs: Vec<(&[u32], &[u32])> = rows
+            .iter()
+            .map(|(i, t)| (i.as_slice(), t.as_slice()))
+            .collect();
+        let batch: TokenBatch = pad_rows(&row_refs, sp.pad, &device)?;
+        let (_, logits) =
+            self.reader
+                .forward(&batch.ids, &batch.type_ids, &batch.mask, Mode::Train)?;
+        let (n, t, v) = logits.dims3()?;
+        // The masked wordpieces sit at 1 + position in every row ([CLS] first).
+        let mut flat = Vec::with_capacity(n * x.positions.len());
+        for row in 0..n {
+            flat.extend(x.positions.iter().map(|&p| (row * t + 1 + p) as u32));
+        }
+        let picked = logits
+            .reshape((n * t, v))?
+            .index_select(&Tensor::new(flat.as_slice(), &device)?, 0)?;
+        let log_probs = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
+        let targets: Vec<u32> = (0..n).flat_map(|_| x.targets.iter().copied()).collect();
+        let gold = log_probs
+            .gather(&Tensor::new(targets.as_slice(), &device)?.unsqueeze(1)?, 1)?
+            .reshape((n, x.positions.len()))?;
+        let log_p_y = gold.sum(D::Minus1)?;
+        let loss = logsumexp(&(&log_p_z + &log_p_y)?)?.neg()?;
+        // Input tower, reader rows, document tower (its inputs add [CLS] and [SEP]).
+        let tokens = query.len()
+            + rows.iter().map(|r| r.0.len()).sum::<usize>()
+            + doc_ids.iter().map(|e| e.len() + 2).sum::<usize>();
+        Ok(SentenceLoss {
+            loss,
+            log_p_z: log_p_z.to_vec1()?,
+            log_p_y: log_p_y.to_vec1()?,
+            tokens,
+        })
+    }
+}
+
+/// The first `k` of `ranked` passages that do not come from `document` (REALM excludes the
+/// sentence's own document, which would make retrieval trivial).
+pub fn exclude_document(
+    ranked: &[usize],
+    passages: &[Passage],
+    document: &str,
+    k: usize,
+) -> Vec<usize> {
+    ranked
+        .iter()
+        .copied()
+        .filter(|&i| document_of(&passages[i].id) != document)
+        .take(k)
+        .collect()
+}
+
+/// Pre-training settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PretrainConfig {
+    /// Documents retrieved per sentence (the null document comes on top).
+    pub k: usize,
+    /// Peak learning rate of the knowledge-augmented encoder.
+    pub lr: f64,
+    /// Peak learning rate of the input and document towers.
+    pub tower_lr: f64,
+    /// Linear warmup updates, then linear decay to 0 at `total_steps`.
+    pub warmup_steps: usize,
+    pub total_steps: usize,
+    /// Most wordpieces of a sentence.
+    pub max_sentence_pieces: usize,
+}
+
+/// What one update did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PretrainStep {
+    pub step: usize,
+    /// Mean loss over the batch.
+    pub loss: f64,
+    /// Mean retrieval utility of the top document over the batch.
+    pub retrieval_utility: f64,
+    /// Mean `p(∅|x)`.
+    pub null_probability: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    /// Wordpieces run through the three models.
+    pub tokens: usize,
+}
+
+/// Trains the reader and both towers on masked sentences against a (frozen) QA index; the
+/// index's passages are the knowledge corpus, its vectors choose the top-k.
+pub struct Pretrainer<'a> {
+    index: &'a QaIndex,
+    models: RealmModels,
+    optimizer: AdamW,
+    config: PretrainConfig,
+}
+
+/// Extra candidates asked of the index so that `k` remain after dropping the sentence's own
+/// document (a SQuAD article has up to about 50 paragraphs).
+const EXCLUSION_MARGIN: usize = 64;
+
+impl<'a> Pretrainer<'a> {
+    /// A trainer over `index` for `models`.
+    pub fn new(index: &'a QaIndex, models: RealmModels, config: PretrainConfig) -> Result<Self> {
+        if config.k == 0 || config.total_steps == 0 || config.lr <= 0.0 || config.tower_lr < 0.0 {
+            return Err(RealmError::Invalid(
+                "k and total steps must be at least 1, lr positive and tower_lr not negative"
+                    .into(),
+            ));
+        }
+        let ratio = config.tower_lr / config.lr;
+        let optimizer = AdamW::new(
+            &[
+                ("reader.", models.reader.varmap(), 1.0),
+                ("input.", models.input.body().varmap(), ratio),
+                ("docs.", models.docs.body().varmap(), ratio),
+            ],
+            AdamWConfig::default(),
+        )?;
+        Ok(Self {
+            index,
+            models,
+            optimizer,
+            config,
+        })
+    }
+
+    /// The models being trained.
+    pub fn models(&self) -> &RealmModels {
+        &self.models
+    }
+
+    /// Updates taken so far.
+    pub fn step_count(&self) -> usize {
+        self.optimizer.steps()
+    }
+
+    /// The top-`k` passages for masked sentence `x` by the input tower (inference mode) against
+    /// the index, passages of `document` excluded.
+    pub fn candidates(&self, x: &MaskedTokens, document: &str) -> Result<Vec<usize>> {
+        let sp = self.models.specials;
+        let mut query = vec![sp.cls];
+        query.extend(&x.ids);
+        query.push(sp.sep);
+        let zeros = vec![0u32; query.len()];
+        let device = self.models.reader.bert().word_embeddings().device().clone();
+        let q = self
+            .models
+            .input
+            .embed_batch(
+                &pad_rows(&[(&query, &zeros)], sp.pad, &device)?,
+                Mode::Inference,
+            )?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let ranked: Vec<usize> = self
+            .index
+            .dense(&q, self.config.k + EXCLUSION_MARGIN)?
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+        Ok(exclude_document(
+            &ranked,
+            self.index.passages(),
+            document,
+            self.config.k,
+        ))
+    }
+
+    /// One update on `batch`: the mean of the sentences' losses.
+    pub fn step(&mut self, batch: &[MaskedSentence]) -> Result<PretrainStep> {
+        if batch.is_empty() {
+            return Err(RealmError::Invalid("an empty batch".into()));
+        }
+        let tokenizer = self.models.docs.body().tokenizer().clone();
+        let (mut losses, mut ru, mut null_p, mut tokens) = (Vec::new(), 0.0, 0.0, 0);
+        for s in batch {
+            let x = mask_sentence(
+                &tokenizer,
+                s,
+                self.config.max_sentence_pieces,
+                self.models.specials.mask,
+            )?;
+            let ids = self.candidates(&x, &s.document)?;
+            let docs: Vec<&Passage> = ids.iter().map(|&i| &self.index.passages()[i]).collect();
+            let out = self.models.sentence_loss(&x, &docs)?;
+            ru += out.retrieval_utility().unwrap_or(0.0) as f64;
+            null_p += out.log_p_z.last().map_or(0.0, |l| l.exp()) as f64;
+            tokens += out.tokens;
+            losses.push(out.loss);
+        }
+        let n = batch.len() as f64;
+        let loss = (Tensor::stack(&losses, 0)?.sum_all()? / n)?;
+        let grads = loss.backward()?;
+        let step = self.optimizer.steps();
+        let c = &self.config;
+        let lr = linear_schedule(step, c.warmup_steps, c.total_steps, c.lr);
+        let grad_norm = self.optimizer.step(&grads, lr)?;
+        Ok(PretrainStep {
+            step: step + 1,
+            loss: loss.to_scalar::<f32>()? as f64,
+            retrieval_utility: ru / n,
+            null_probability: null_p / n,
+            lr,
+            grad_norm,
+            tokens,
+        })
+    }
+
+    /// Writes `dir` (replaced whole): `reader/` (HF `BertForMaskedLM`), `input/` and `docs/`
+    /// (HF BERT directories) and `pretrain.json` (settings and updates taken).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let state = serde_json::json!({
+            "format": "ralm-realm-pretrain",
+            "version": 1,
+            "step": self.step_count(),
+            "config": self.config,
+        });
+        let bytes = serde_json::to_vec_pretty(&state)
+            .map_err(|e| RealmError::Invalid(format!("pre-training state: {e}")))?;
+        replace_dir(dir, |tmp| {
+            self.models.reader.save(&tmp.join("reader"))?;
+            self.models.input.save(&tmp.join("input"))?;
+            self.models.docs.save(&tmp.join("docs"))?;
+            write_atomic(&tmp.join("pretrain.json"), |w| {
+                std::io::Write::write_all(w, &bytes)
+            })
+        })
+    }
+}
+
+/// Sentences of `text`: cut after `.`, `!` or `?` followed by white space and a capital letter.
+pub fn split_sentences(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    for w in chars.windows(3) {
+        let [(_, end), (_, space), (next_at, next)] = [w[0], w[1], w[2]];
+        if matches!(end, '.' | '!' | '?') && space.is_whitespace() && next.is_uppercase() {
+            let s = text[start..next_at].trim();
+            if !s.is_empty() {
+                out.push(s);
+            }
+            start = next_at;
+        }
+    }
+    let s = text[start..].trim();
+    if !s.is_empty() {
+        out.push(s);
+    }
+    out
+}
+
+/// Pre-training sentences from `passages`: every sentence of `min_words..=max_words` words,
+/// its span chosen by [`choose_span`] among the salient spans `finder` finds (batches of
+/// `batch`), sentences without any word skipped.
+pub fn masked_sentences(
+    passages: &[Passage],
+    finder: &SalientSpans,
+    words: std::ops::RangeInclusive<usize>,
+    batch: usize,
+    rng: &mut impl rand::Rng,
+) -> Result<Vec<MaskedSentence>> {
+    let mut pool: Vec<(&str, &str)> = Vec::new();
+    for p in passages {
+        for s in split_sentences(&p.text) {
+            if words.contains(&s.split_whitespace().count()) {
+                pool.push((s, document_of(&p.id)));
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(pool.len());
+    for chunk in pool.chunks(batch.max(1)) {
+        let texts: Vec<&str> = chunk.iter().map(|(s, _)| *s).collect();
+        for ((text, document), spans) in chunk.iter().zip(finder.find(&texts)?) {
+            if let Some(span) = choose_span(text, &spans, rng) {
+                out.push(MaskedSentence {
+                    text: text.to_string(),
+                    span: (span.start, span.end),
+                    document: document.to_string(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    #[test]
+    fn splits_sentences_at_terminal_punctuation_before_a_capital() {
+        assert_eq!(
+            split_sentences("Paris is big. It has 2.1 million people! Is it old? yes. Done"),
+            [
+                "Paris is big.",
+                "It has 2.1 million people!",
+                "Is it old? yes.",
+                "Done"
+            ]
+        );
+        assert!(split_sentences("  ").is_empty());
+    }
+
+    #[test]
+    fn masked_sentences_keep_their_document_and_prefer_dates() {
+        let passages = vec![
+            Passage {
+                id: "wiki:Apollo 17:0".into(),
+                title: "Apollo 17".into(),
+                text: "Apollo 17 landed on the Moon on 11 December 1972. It was the last of the \
+                       crewed landings. Short one."
+                    .into(),
+            },
+            Passage {
+                id: "squad:squad-3-1:2".into(),
+                title: "Rhine".into(),
+                text: "The Rhine flows from the Alps to the North Sea in the Netherlands.".into(),
+            },
+        ];
+        let finder = SalientSpans::new(None);
+        let mut rng = StdRng::seed_from_u64(0);
+        let s = masked_sentences(&passages, &finder, 6..=60, 2, &mut rng).unwrap();
+        assert_eq!(s.len(), 3, "the two-word sentence is too short");
+        assert_eq!(&s[0].text[s[0].span.0..s[0].span.1], "11 December 1972");
+        assert_eq!(s[0].document, "Apollo 17");
+        assert_eq!(s[2].document, "squad-3-1");
+        for m in &s {
+            assert!(m.span.0 < m.span.1 && m.span.1 <= m.text.len());
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! REALM's pre-training loss on tiny random models: against a direct computation (each
+//! candidate run alone, f64 softmaxes), a gradient for every parameter of the reader and both
+//! towers, the null document, masking and the exclusion of the sentence's own document.
+
+use candle_core::Device;
+use ralm_models::bert::{load_tokenizer, BertForMaskedLM, Mode, Pooling};
+use ralm_realm::finetune::query::QueryTower;
+use ralm_realm::passages::Passage;
+use ralm_realm::pretrain::{
+    exclude_document, mask_sentence, MaskedSentence, RealmModels, Specials,
+};
+use ralm_realm::retriever::passage_text;
+
+mod common;
+
+const WORDS: &[&str] = &[
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "paris", "is", "the", "capital", "of",
+    "france", "berlin", "germany", "rome", "italy", "city", "big", "a", "in", "europe", "##s",
+];
+const MAX_SEQ: usize = 64;
+
+fn passage(id: &str, title: &str, text: &str) -> Passage {
+    Passage {
+        id: id.into(),
+        title: title.into(),
+        text: text.into(),
+    }
+}
+
+fn models(root: &std::path::Path) -> RealmModels {
+    let (dir, config) = common::tiny_bert(root, WORDS, MAX_SEQ);
+    let (tok, path) = load_tokenizer(&dir, MAX_SEQ).unwrap();
+    let input = QueryTower::new_random(&config, tok.clone(), &path, Pooling::Mean, 1, &Device::Cpu)
+        .unwrap();
+    let mut docs =
+        QueryTower::new_random(&config, tok.clone(), &path, Pooling::Mean, 2, &Device::Cpu)
+            .unwrap();
+    docs.set_max_len(MAX_SEQ).unwrap();
+    RealmModels {
+        reader: BertForMaskedLM::new_random(&config, &Device::Cpu).unwrap(),
+        input,
+        docs,
+        specials: Specials::of(&tok, 0).unwrap(),
+        max_doc_pieces: 20,
+        scale: 5.0,
+    }
+}
+
+fn sentence() -> MaskedSentence {
+    let text = "paris is the capital of france.";
+    MaskedSentence {
+        text: text.into(),
+        span: (0, 5),
+        document: "paris".into(),
+    }
+}
+
+fn ln_sum_exp(x: &[f64]) -> f64 {
+    let m = x.iter().cloned().fold(f64::MIN, f64::max);
+    m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
+}
+
+#[test]
+fn loss_matches_each_candidate_run_alone_and_reaches_every_parameter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = models(tmp.path());
+    let tok = m.docs.body().tokenizer().clone();
+    let x = mask_sentence(&tok, &sentence(), 32, m.specials.mask).unwrap();
+    assert_eq!(x.positions, [0]);
+    assert_eq!(x.targets, [tok.token_to_id("paris").unwrap()]);
+    assert_eq!(x.ids[0], m.specials.mask);
+    let docs = [
+        passage("wiki:france:0", "France", "paris is the capital of france."),
+        passage(
+            "wiki:germany:0",
+            "Germany",
+            "berlin is a big city in europe, the capital of germany.",
+        ),
+    ];
+    let refs: Vec<&Passage> = docs.iter().collect();
+    let out = m.sentence_loss(&x, &refs).unwrap();
+    assert_eq!(out.log_p_z.len(), 3, "two documents and the null document");
+
+    // Direct: every candidate alone (no padding), softmaxes in f64.
+    let sp = m.specials;
+    let mut query = vec![sp.cls];
+    query.extend(&x.ids);
+    query.push(sp.sep);
+    let qtext = tok.decode(&query, false).unwrap();
+    assert!(qtext.contains("[MASK]"), "{qtext}");
+    let q: Vec<f32> = {
+        let batch = ralm_models::bert::TokenBatch {
+            ids: candle_core::Tensor::new(query.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+            type_ids: candle_core::Tensor::zeros(
+                (1, query.len()),
+                candle_core::DType::U32,
+                &Device::Cpu,
+            )
+            .unwrap(),
+            mask: candle_core::Tensor::ones(
+                (1, query.len()),
+                candle_core::DType::F32,
+                &Device::Cpu,
+            )
+            .unwrap(),
+            lengths: vec![query.len()],
+        };
+        m.input
+            .embed_batch(&batch, Mode::Train)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let mut texts: Vec<String> = docs.iter().map(passage_text).collect();
+    texts.push(String::new());
+    let (mut scores, mut log_p_y) = (Vec::new(), Vec::new());
+    for text in &texts {
+        let d: Vec<f32> = m
+            .docs
+            .embed(&[text], Mode::Train)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        scores.push(m.scale * q.iter().zip(&d).map(|(a, b)| (a * b) as f64).sum::<f64>());
+        let z = tok.encode(text.as_str(), false).unwrap();
+        let mut ids = query.clone();
+        ids.extend(&z.get_ids()[..z.len().min(m.max_doc_pieces)]);
+        ids.push(sp.sep);
+        let mut types = vec![0u32; query.len()];
+        types.resize(ids.len(), 1);
+        let n = ids.len();
+        let t = |v: Vec<u32>| {
+            candle_core::Tensor::new(v.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap()
+        };
+        let mask =
+            candle_core::Tensor::ones((1, n), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let (_, logits) = m
+            .reader
+            .forward(&t(ids), &t(types), &mask, Mode::Train)
+            .unwrap();
+        let logits = logits.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        let mut lp = 0.0;
+        for (&p, &target) in x.positions.iter().zip(&x.targets) {
+            let row: Vec<f64> = logits[1 + p].iter().map(|&v| v as f64).collect();
+            lp += row[target as usize] - ln_sum_exp(&row);
+        }
+        log_p_y.push(lp);
+    }
+    let norm = ln_sum_exp(&scores);
+    let terms: Vec<f64> = scores
+        .iter()
+        .zip(&log_p_y)
+        .map(|(s, y)| s - norm + y)
+        .collect();
+    let direct = -ln_sum_exp(&terms);
+    let got = out.loss.to_scalar::<f32>().unwrap() as f64;
+    assert!(
+        (got - direct).abs() < 1e-4 * direct.abs().max(1.0),
+        "{got} vs {direct}"
+    );
+    for (i, y) in log_p_y.iter().enumerate() {
+        assert!((out.log_p_y[i] as f64 - y).abs() < 1e-3, "log p(y|z{i},x)");
+    }
+    let top = if out.log_p_z[0] >= out.log_p_z[1] {
+        0
+    } else {
+        1
+    };
+    let ru = out.retrieval_utility().unwrap();
+    assert!((ru - (out.log_p_y[top] - out.log_p_y[2])).abs() < 1e-6);
+
+    let grads = out.loss.backward().unwrap();
+    for (what, varmap) in [
+        ("reader", m.reader.varmap()),
+        ("input tower", m.input.body().varmap()),
+        ("document tower", m.docs.body().varmap()),
+    ] {
+        let vars = varmap.data().lock().unwrap();
+        let without: Vec<&String> = vars
+            .iter()
+            .filter(|(_, v)| {
+                grads.get(v.as_tensor()).is_none_or(|g| {
+                    g.abs()
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                        == 0.0
+                })
+            })
+            .map(|(n, _)| n)
+            .collect();
+        assert!(without.is_empty(), "{what}: no gradient for {without:?}");
+    }
+}
+
+#[test]
+fn masking_and_exclusion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = models(tmp.path());
+    let tok = m.docs.body().tokenizer().clone();
+    // Every wordpiece the span touches is masked: "he capit" touches "the" and "capital".
+    let mut s = sentence();
+    s.span = (10, 18);
+    let x = mask_sentence(&tok, &s, 32, m.specials.mask).unwrap();
+    assert_eq!(x.positions, [2, 3]);
+    assert_eq!(x.ids[1], tok.token_to_id("is").unwrap());
+    let cut = mask_sentence(&tok, &s, 2, m.specials.mask)
+        .unwrap_err()
+        .to_string();
+    assert!(cut.contains("covers no wordpiece"), "{cut}");
+
+    let passages = vec![
+        passage("wiki:paris:0", "Paris", "paris is big."),
+        passage("wiki:france:0", "France", "paris is the capital of france."),
+        passage("wiki:paris:1", "Paris", "the seine."),
+        passage("wiki:italy:0", "Italy", "rome."),
+    ];
+    assert_eq!(
+        exclude_document(&[0, 1, 2, 3], &passages, "paris", 2),
+        [1, 3]
+    );
+    assert_eq!(
+        exclude_document(&[2, 0], &passages, "paris", 2),
+        Vec::<usize>::new()
+    );
+}
