@@ -1,9 +1,10 @@
 //! `ralm realm ...`: REALM pre-training as built so far — the named-entity tagger of
 //! salient-span masking (trained and scored on CoNLL-2003), the salient spans of a text, and
-//! pre-training against a fixed QA index.
+//! pre-training with the asynchronous index refresh.
 
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -14,6 +15,7 @@ use ralm_realm::finetune::query::QueryTower;
 use ralm_realm::passages::MAX_PASSAGE_WORDPIECES;
 use ralm_realm::pretrain::{masked_sentences, PretrainConfig, Pretrainer, RealmModels, Specials};
 use ralm_realm::qa_index::QaIndex;
+use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot};
 use ralm_realm::retriever::{DenseEncoder, MAX_QUESTION_WORDPIECES};
 use ralm_realm::salient::conll::{entity_scores, read_conll, EntityScores, TaggedSentence};
 use ralm_realm::salient::tagger::{EntityTagger, TaggerTrainer, CONLL_LABELS};
@@ -39,7 +41,7 @@ pub enum RealmCommand {
     /// Show the salient spans of texts and the span REALM would mask.
     Spans(SpansArgs),
     /// Pre-train the knowledge-augmented encoder and both retriever towers on salient-span
-    /// masked sentences against a QA index (the index is not refreshed yet).
+    /// masked sentences, retrieving from a QA index that a background builder refreshes.
     Pretrain(PretrainArgs),
 }
 
@@ -361,6 +363,11 @@ pub struct PretrainArgs {
     /// Save a checkpoint every N updates (and at the end).
     #[arg(long, default_value_t = 50)]
     checkpoint_every: usize,
+    /// Offer the document tower to the background index refresher every N updates (it is
+    /// skipped while a refresh is under way); 0 keeps the starting index (the stale-index
+    /// ablation).
+    #[arg(long, default_value_t = 20)]
+    refresh_every: usize,
     /// Seed of the passage sample and the span choice.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -412,7 +419,26 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         total_steps: total,
         max_sentence_pieces: MAX_QUESTION_WORDPIECES - 2,
     };
-    let mut trainer = Pretrainer::new(&index, models, config)?;
+    let (vectors, dim) = index.vectors();
+    let slot = Arc::new(SnapshotSlot::new(DocSnapshot::new(
+        0,
+        0,
+        Instant::now(),
+        vectors,
+        dim,
+    )?));
+    let corpus = Arc::new(index.passages().to_vec());
+    let refresher = (a.refresh_every > 0).then(|| {
+        Refresher::spawn(
+            slot.clone(),
+            corpus.clone(),
+            Pooling::Mean,
+            32,
+            device.clone(),
+        )
+    });
+    let tower_copy = a.out.join("refresh-tower");
+    let mut trainer = Pretrainer::new(&corpus, slot, models, config)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mut log = std::fs::File::create(a.out.join("train.jsonl"))?;
     eprintln!(
@@ -434,8 +460,28 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
             json!({"step": s.step, "loss": s.loss,
             "retrieval_utility": s.retrieval_utility, "null_probability": s.null_probability,
             "lr": s.lr, "grad_norm": s.grad_norm, "tokens": s.tokens, "elapsed_s": secs,
-            "tokens_per_s": tokens as f64 / secs})
+            "tokens_per_s": tokens as f64 / secs, "snapshot": s.snapshot_version,
+            "staleness_steps": s.staleness_steps, "staleness_s": s.staleness_seconds})
         )?;
+        if let Some(r) = &refresher {
+            for done in r.finished() {
+                let done = done.context("index refresh")?;
+                pb.println(format!(
+                    "index snapshot {} (document tower of update {}) swapped in after {:.0}s",
+                    done.version, done.params_step, done.seconds
+                ));
+                writeln!(
+                    log,
+                    "{}",
+                    json!({"step": s.step, "refresh_version": done.version,
+                        "refresh_params_step": done.params_step, "refresh_s": done.seconds})
+                )?;
+            }
+            if s.step % a.refresh_every == 0 && !r.busy() {
+                trainer.models().docs.save(&tower_copy)?;
+                r.offer(s.step, Instant::now(), tower_copy.clone());
+            }
+        }
         losses.push((s.step as f64, s.loss));
         utility.push((s.step as f64, s.retrieval_utility));
         pb.set_message(format!(

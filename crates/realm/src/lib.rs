@@ -18,6 +18,7 @@ pub mod passages;
 pub mod pretrain;
 pub mod qa_index;
 pub mod reader;
+pub mod refresh;
 pub mod retriever;
 pub mod salient;
 pub mod trainable;

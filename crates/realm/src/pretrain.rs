@@ -6,6 +6,7 @@
 //! probability of the original token given `[CLS] x [SEP] z [SEP]`.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{Tensor, D};
 use ralm_models::bert::{BertForMaskedLM, Mode, TokenBatch};
@@ -18,8 +19,8 @@ use crate::finetune::loss::logsumexp;
 use crate::finetune::query::QueryTower;
 use crate::fsutil::{replace_dir, write_atomic};
 use crate::passages::{document_of, Passage};
-use crate::qa_index::QaIndex;
 use crate::reader::pad_rows;
+use crate::refresh::{DocSnapshot, SnapshotSlot};
 use crate::retriever::passage_text;
 use crate::salient::{choose_span, SalientSpans};
 
@@ -265,12 +266,20 @@ pub struct PretrainStep {
     pub grad_norm: f64,
     /// Wordpieces run through the three models.
     pub tokens: usize,
+    /// Version of the index snapshot the batch retrieved from.
+    pub snapshot_version: u64,
+    /// Updates taken since that snapshot's document-tower parameters were copied...
+    pub staleness_steps: usize,
+    /// ...and seconds.
+    pub staleness_seconds: f64,
 }
 
-/// Trains the reader and both towers on masked sentences against a (frozen) QA index; the
-/// index's passages are the knowledge corpus, its vectors choose the top-k.
+/// Trains the reader and both towers on masked sentences; `passages` are the knowledge corpus
+/// and the current snapshot in `slot` (replaced by a [`Refresher`](crate::refresh::Refresher)
+/// or fixed) chooses their top-k.
 pub struct Pretrainer<'a> {
-    index: &'a QaIndex,
+    passages: &'a [Passage],
+    slot: Arc<SnapshotSlot>,
     models: RealmModels,
     optimizer: AdamW,
     config: PretrainConfig,
@@ -281,8 +290,20 @@ pub struct Pretrainer<'a> {
 const EXCLUSION_MARGIN: usize = 64;
 
 impl<'a> Pretrainer<'a> {
-    /// A trainer over `index` for `models`.
-    pub fn new(index: &'a QaIndex, models: RealmModels, config: PretrainConfig) -> Result<Self> {
+    /// A trainer over `passages`, retrieving from `slot` (whose snapshots cover `passages`).
+    pub fn new(
+        passages: &'a [Passage],
+        slot: Arc<SnapshotSlot>,
+        models: RealmModels,
+        config: PretrainConfig,
+    ) -> Result<Self> {
+        if slot.current().len() != passages.len() {
+            return Err(RealmError::Invalid(format!(
+                "the index snapshot holds {} passages but the corpus {}",
+                slot.current().len(),
+                passages.len()
+            )));
+        }
         if config.k == 0 || config.total_steps == 0 || config.lr <= 0.0 || config.tower_lr < 0.0 {
             return Err(RealmError::Invalid(
                 "k and total steps must be at least 1, lr positive and tower_lr not negative"
@@ -299,7 +320,8 @@ impl<'a> Pretrainer<'a> {
             AdamWConfig::default(),
         )?;
         Ok(Self {
-            index,
+            passages,
+            slot,
             models,
             optimizer,
             config,
@@ -317,8 +339,13 @@ impl<'a> Pretrainer<'a> {
     }
 
     /// The top-`k` passages for masked sentence `x` by the input tower (inference mode) against
-    /// the index, passages of `document` excluded.
-    pub fn candidates(&self, x: &MaskedTokens, document: &str) -> Result<Vec<usize>> {
+    /// `snapshot`, passages of `document` excluded.
+    pub fn candidates(
+        &self,
+        snapshot: &DocSnapshot,
+        x: &MaskedTokens,
+        document: &str,
+    ) -> Result<Vec<usize>> {
         let sp = self.models.specials;
         let mut query = vec![sp.cls];
         query.extend(&x.ids);
@@ -334,15 +361,14 @@ impl<'a> Pretrainer<'a> {
             )?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let ranked: Vec<usize> = self
-            .index
-            .dense(&q, self.config.k + EXCLUSION_MARGIN)?
+        let ranked: Vec<usize> = snapshot
+            .search(&q, self.config.k + EXCLUSION_MARGIN)?
             .into_iter()
             .map(|(i, _)| i)
             .collect();
         Ok(exclude_document(
             &ranked,
-            self.index.passages(),
+            self.passages,
             document,
             self.config.k,
         ))
@@ -354,6 +380,8 @@ impl<'a> Pretrainer<'a> {
             return Err(RealmError::Invalid("an empty batch".into()));
         }
         let tokenizer = self.models.docs.body().tokenizer().clone();
+        // One snapshot for the whole batch, however often the refresher swaps meanwhile.
+        let snapshot = self.slot.current();
         let (mut losses, mut ru, mut null_p, mut tokens) = (Vec::new(), 0.0, 0.0, 0);
         for s in batch {
             let x = mask_sentence(
@@ -362,8 +390,8 @@ impl<'a> Pretrainer<'a> {
                 self.config.max_sentence_pieces,
                 self.models.specials.mask,
             )?;
-            let ids = self.candidates(&x, &s.document)?;
-            let docs: Vec<&Passage> = ids.iter().map(|&i| &self.index.passages()[i]).collect();
+            let ids = self.candidates(&snapshot, &x, &s.document)?;
+            let docs: Vec<&Passage> = ids.iter().map(|&i| &self.passages[i]).collect();
             let out = self.models.sentence_loss(&x, &docs)?;
             ru += out.retrieval_utility().unwrap_or(0.0) as f64;
             null_p += out.log_p_z.last().map_or(0.0, |l| l.exp()) as f64;
@@ -385,6 +413,9 @@ impl<'a> Pretrainer<'a> {
             lr,
             grad_norm,
             tokens,
+            snapshot_version: snapshot.version,
+            staleness_steps: step.saturating_sub(snapshot.params_step),
+            staleness_seconds: snapshot.taken.elapsed().as_secs_f64(),
         })
     }
 

@@ -311,6 +311,11 @@ impl QaIndex {
         &self.passages
     }
 
+    /// All stored vectors, row-major, and their dimension.
+    pub fn vectors(&self) -> (&[f32], usize) {
+        (&self.vectors, self.dim)
+    }
+
     /// The stored (document-tower) vector of passage `i`.
     pub fn vector(&self, i: usize) -> &[f32] {
         &self.vectors[i * self.dim..(i + 1) * self.dim]

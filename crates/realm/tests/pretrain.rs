@@ -1,15 +1,20 @@
-//! REALM's pre-training loss on tiny random models: against a direct computation (each
+//! REALM pre-training on tiny random models: the loss against a direct computation (each
 //! candidate run alone, f64 softmaxes), a gradient for every parameter of the reader and both
-//! towers, the null document, masking and the exclusion of the sentence's own document.
+//! towers, the null document, masking and the exclusion of the sentence's own document; index
+//! snapshots swapped under concurrent reads, the background refresher, and staleness.
 
 use candle_core::Device;
 use ralm_models::bert::{load_tokenizer, BertForMaskedLM, Mode, Pooling};
 use ralm_realm::finetune::query::QueryTower;
 use ralm_realm::passages::Passage;
 use ralm_realm::pretrain::{
-    exclude_document, mask_sentence, MaskedSentence, RealmModels, Specials,
+    exclude_document, mask_sentence, MaskedSentence, PretrainConfig, Pretrainer, RealmModels,
+    Specials,
 };
-use ralm_realm::retriever::passage_text;
+use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot};
+use ralm_realm::retriever::{passage_text, DenseEncoder};
+use std::sync::Arc;
+use std::time::Instant;
 
 mod common;
 
@@ -235,4 +240,124 @@ fn masking_and_exclusion() {
         exclude_document(&[2, 0], &passages, "paris", 2),
         Vec::<usize>::new()
     );
+}
+
+fn snapshot(version: u64, step: usize, vectors: &[f32], dim: usize) -> DocSnapshot {
+    DocSnapshot::new(version, step, Instant::now(), vectors, dim).unwrap()
+}
+
+#[test]
+fn swaps_never_mix_snapshots_under_concurrent_reads() {
+    // Snapshot v holds every passage at (v + 1) · e0: a search sees one value per snapshot.
+    let (n, dim) = (40, 4);
+    let make = move |v: u64| {
+        let mut rows = vec![0f32; n * dim];
+        for i in 0..n {
+            rows[i * dim] = (v + 1) as f32;
+        }
+        snapshot(v, v as usize, &rows, dim)
+    };
+    let slot = Arc::new(SnapshotSlot::new(make(0)));
+    let writer = {
+        let slot = slot.clone();
+        std::thread::spawn(move || {
+            for v in 1..=300 {
+                slot.publish(Arc::new(make(v)));
+            }
+        })
+    };
+    let mut seen = std::collections::HashSet::new();
+    while !writer.is_finished() || seen.len() < 2 {
+        let snap = slot.current();
+        let hits = snap.search(&[1.0, 0.0, 0.0, 0.0], n).unwrap();
+        assert_eq!(hits.len(), n);
+        let expect = (snap.version + 1) as f32;
+        assert!(
+            hits.iter().all(|&(_, s)| s == expect),
+            "mixed snapshot {}",
+            snap.version
+        );
+        seen.insert(snap.version);
+    }
+    writer.join().unwrap();
+    assert_eq!(slot.current().version, 300);
+    assert!(seen.len() >= 2);
+}
+
+#[test]
+fn refresher_reembeds_the_corpus_and_the_trainer_reports_staleness() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = models(tmp.path());
+    let passages = vec![
+        passage("wiki:france:0", "France", "paris is the capital of france."),
+        passage(
+            "wiki:germany:0",
+            "Germany",
+            "berlin is the capital of germany.",
+        ),
+        passage("wiki:italy:0", "Italy", "rome is the capital of italy."),
+        passage("wiki:paris:0", "Paris", "paris is a big city in europe."),
+    ];
+    let dim = 16;
+    // The starting snapshot: arbitrary vectors.
+    let start: Vec<f32> = (0..passages.len() * dim)
+        .map(|i| ((i * 7) % 5) as f32 - 2.0)
+        .collect();
+    let slot = Arc::new(SnapshotSlot::new(snapshot(0, 0, &start, dim)));
+    let corpus = Arc::new(passages.clone());
+    let refresher = Refresher::spawn(slot.clone(), corpus, Pooling::Mean, 8, Device::Cpu);
+    let config = PretrainConfig {
+        k: 2,
+        lr: 1e-3,
+        tower_lr: 1e-3,
+        warmup_steps: 0,
+        total_steps: 10,
+        max_sentence_pieces: 32,
+    };
+    let mut trainer = Pretrainer::new(&passages, slot.clone(), m, config).unwrap();
+    let batch = vec![
+        sentence(),
+        MaskedSentence {
+            text: "berlin is the capital of germany.".into(),
+            span: (0, 6),
+            document: "germany".into(),
+        },
+    ];
+    let first = trainer.step(&batch).unwrap();
+    assert_eq!((first.snapshot_version, first.staleness_steps), (0, 0));
+    assert!(first.loss.is_finite() && first.tokens > 0);
+
+    let tower = tmp.path().join("tower");
+    trainer.models().docs.save(&tower).unwrap();
+    assert!(refresher.offer(1, Instant::now(), tower.clone()));
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let report = loop {
+        if let Some(r) = refresher.finished().pop() {
+            break r.unwrap();
+        }
+        assert!(Instant::now() < deadline, "no refresh within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!((report.version, report.params_step), (1, 1));
+    assert!(!refresher.busy());
+    let snap = slot.current();
+    assert_eq!((snap.version, snap.len()), (1, passages.len()));
+    // The new vectors are the saved tower's embeddings of the passages.
+    let encoder = DenseEncoder::load(&tower, Pooling::Mean, 8, &Device::Cpu).unwrap();
+    let tokens = encoder.tokenize_passages(&passages).unwrap();
+    let vectors = encoder.encode_tokenized(&tokens).unwrap();
+    for (i, row) in vectors.chunks(dim).enumerate() {
+        let hits = snap.search(row, 1).unwrap();
+        assert_eq!(hits[0].0, i);
+        assert!(
+            (hits[0].1 - 1.0).abs() < 1e-4,
+            "unit vectors: {}",
+            hits[0].1
+        );
+    }
+
+    let second = trainer.step(&batch).unwrap();
+    assert_eq!((second.snapshot_version, second.staleness_steps), (1, 0));
+    let third = trainer.step(&batch).unwrap();
+    assert_eq!((third.snapshot_version, third.staleness_steps), (1, 1));
 }

@@ -1,0 +1,222 @@
+//! REALM's asynchronous index refresh: the trainer retrieves from the current [`DocSnapshot`]
+//! (passage vectors made by one version of the document tower), while a [`Refresher`] thread
+//! re-embeds the corpus with a saved copy of the tower and swaps the new snapshot in whole. The
+//! trainer never waits: it offers a copy only when the refresher is idle, and a search holds its
+//! snapshot (an `Arc`) to the end, so it never sees a mix of two versions.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use candle_core::Device;
+use ralm_index::{FlatIndex, Index, KeyType, Metric, SearchParams};
+use ralm_models::bert::Pooling;
+
+use crate::error::{RealmError, Result};
+use crate::passages::Passage;
+use crate::retriever::DenseEncoder;
+
+/// Passage vectors made by one version of the document tower, searchable by inner product.
+pub struct DocSnapshot {
+    /// 0 for the index the run started from, then 1, 2, … per refresh.
+    pub version: u64,
+    /// Trainer updates taken when the tower's parameters were copied.
+    pub params_step: usize,
+    /// When the parameters were copied.
+    pub taken: Instant,
+    index: FlatIndex,
+}
+
+impl DocSnapshot {
+    /// A snapshot over `vectors` (`n × dim`, row `i` = passage `i`).
+    pub fn new(
+        version: u64,
+        params_step: usize,
+        taken: Instant,
+        vectors: &[f32],
+        dim: usize,
+    ) -> Result<Self> {
+        if dim == 0 || !vectors.len().is_multiple_of(dim) {
+            return Err(RealmError::Invalid(format!(
+                "{} values are not rows of dimension {dim}",
+                vectors.len()
+            )));
+        }
+        let ids: Vec<u64> = (0..(vectors.len() / dim) as u64).collect();
+        let index =
+            FlatIndex::from_vectors(dim, Metric::InnerProduct, KeyType::F32, vectors, &ids)?;
+        Ok(Self {
+            version,
+            params_step,
+            taken,
+            index,
+        })
+    }
+
+    /// Passages in the snapshot.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether the snapshot holds no passage.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The top-`k` passages by inner product with `query`, best first, with their scores.
+    pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<(usize, f32)>> {
+        let hits = self.index.search(query, k, &SearchParams::default())?;
+        let (ids, scores) = hits.row(0);
+        Ok(ids
+            .iter()
+            .zip(scores)
+            .filter(|(&id, _)| id != u64::MAX)
+            .map(|(&id, &s)| (id as usize, s))
+            .collect())
+    }
+}
+
+/// The snapshot the trainer reads; replaced whole by [`publish`](Self::publish).
+pub struct SnapshotSlot {
+    current: Mutex<Arc<DocSnapshot>>,
+}
+
+impl SnapshotSlot {
+    /// A slot holding `first`.
+    pub fn new(first: DocSnapshot) -> Self {
+        Self {
+            current: Mutex::new(Arc::new(first)),
+        }
+    }
+
+    /// The current snapshot (kept alive by the returned `Arc` however often it is replaced).
+    pub fn current(&self) -> Arc<DocSnapshot> {
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Makes `next` the current snapshot.
+    pub fn publish(&self, next: Arc<DocSnapshot>) {
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
+    }
+}
+
+/// One finished refresh.
+#[derive(Debug, Clone)]
+pub struct RefreshReport {
+    pub version: u64,
+    pub params_step: usize,
+    /// Seconds from the parameter copy to the swap.
+    pub seconds: f64,
+}
+
+struct Job {
+    step: usize,
+    taken: Instant,
+    tower: PathBuf,
+}
+
+/// The background index builder.
+pub struct Refresher {
+    jobs: Option<SyncSender<Job>>,
+    reports: Receiver<Result<RefreshReport>>,
+    busy: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Refresher {
+    /// Starts the builder thread: each job re-embeds `passages` with the document tower saved in
+    /// the job's directory (an HF BERT directory, pooled with `pooling`, `batch` passages per
+    /// forward pass on `device`) and publishes the result into `slot`.
+    pub fn spawn(
+        slot: Arc<SnapshotSlot>,
+        passages: Arc<Vec<Passage>>,
+        pooling: Pooling,
+        batch: usize,
+        device: Device,
+    ) -> Self {
+        let (jobs, inbox) = mpsc::sync_channel::<Job>(1);
+        let (outbox, reports) = mpsc::channel();
+        let busy = Arc::new(AtomicBool::new(false));
+        let flag = busy.clone();
+        let handle = std::thread::spawn(move || {
+            let first = slot.current().version + 1;
+            for (version, job) in (first..).zip(inbox) {
+                let result = (|| {
+                    let encoder = DenseEncoder::load(&job.tower, pooling, batch, &device)?;
+                    let dim = encoder.dim();
+                    let tokens = encoder.tokenize_passages(&passages)?;
+                    let vectors = encoder.encode_tokenized(&tokens)?;
+                    let snapshot = DocSnapshot::new(version, job.step, job.taken, &vectors, dim)?;
+                    slot.publish(Arc::new(snapshot));
+                    Ok(RefreshReport {
+                        version,
+                        params_step: job.step,
+                        seconds: job.taken.elapsed().as_secs_f64(),
+                    })
+                })();
+                flag.store(false, Ordering::SeqCst);
+                if outbox.send(result).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            jobs: Some(jobs),
+            reports,
+            busy,
+            handle: Some(handle),
+        }
+    }
+
+    /// Whether a refresh is under way.
+    pub fn busy(&self) -> bool {
+        self.busy.load(Ordering::SeqCst)
+    }
+
+    /// Hands over the document tower saved in `tower` (copied at trainer update `step`, at
+    /// `taken`); `false`, and nothing sent, while a refresh is under way. The directory must
+    /// not change until the refresh reports.
+    pub fn offer(&self, step: usize, taken: Instant, tower: PathBuf) -> bool {
+        if self.busy.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        let sent = self
+            .jobs
+            .as_ref()
+            .is_some_and(|j| j.send(Job { step, taken, tower }).is_ok());
+        if !sent {
+            self.busy.store(false, Ordering::SeqCst);
+        }
+        sent
+    }
+
+    /// The refreshes finished since the last call.
+    pub fn finished(&self) -> Vec<Result<RefreshReport>> {
+        let mut out = Vec::new();
+        loop {
+            match self.reports.try_recv() {
+                Ok(r) => out.push(r),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return out,
+            }
+        }
+    }
+}
+
+impl Drop for Refresher {
+    /// Lets a refresh under way finish, then stops the thread.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
