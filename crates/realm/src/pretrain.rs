@@ -19,7 +19,8 @@ use crate::finetune::loss::logsumexp;
 use crate::finetune::query::QueryTower;
 use crate::fsutil::{replace_dir, write_atomic};
 use crate::passages::{document_of, Passage};
-use crate::reader::pad_rows;
+use crate::reader::spans::vocab_id;
+use crate::reader::{pad_rows, SpecialIds};
 use crate::refresh::{DocSnapshot, SnapshotSlot};
 use crate::retriever::passage_text;
 use crate::salient::{choose_span, SalientSpans};
@@ -55,17 +56,13 @@ pub struct Specials {
 }
 
 impl Specials {
-    /// Looks `[CLS]`, `[SEP]` and `[MASK]` up in `tokenizer`.
+    /// Looks `[CLS]`, `[SEP]` and `[MASK]` up in `tokenizer`; `pad` is the model's padding id.
     pub fn of(tokenizer: &Tokenizer, pad: u32) -> Result<Self> {
-        let id = |t: &str| {
-            tokenizer
-                .token_to_id(t)
-                .ok_or_else(|| RealmError::Tokenizer(format!("{t} is not in the vocabulary")))
-        };
+        let SpecialIds { cls, sep } = SpecialIds::of(tokenizer)?;
         Ok(Self {
-            cls: id("[CLS]")?,
-            sep: id("[SEP]")?,
-            mask: id("[MASK]")?,
+            cls,
+            sep,
+            mask: vocab_id(tokenizer, "[MASK]")?,
             pad,
         })
     }

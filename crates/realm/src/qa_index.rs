@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use ralm_index::{
     open_expecting, BuildConfig, Expect, Index, IndexBuilder, IndexKind, IndexStore, KeyType,
-    Metric, SearchParams,
+    Metric,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -19,7 +19,7 @@ use crate::data::{read_json, read_wiki_summaries, Document};
 use crate::error::{RealmError, Result};
 use crate::fsutil::write_atomic;
 use crate::passages::{read_passages, write_passages, Chunker, Passage, WordPieceCounter};
-use crate::retriever::{dot, DenseEncoder};
+use crate::retriever::{dot, top_rows, DenseEncoder};
 
 /// File and directory names inside a QA index directory.
 pub const PASSAGES_FILE: &str = "passages.jsonl";
@@ -328,14 +328,7 @@ impl QaIndex {
 
     /// Top-`k` passages by inner product with `query`, best first.
     pub fn dense(&self, query: &[f32], k: usize) -> Result<Vec<(usize, f32)>> {
-        let hits = self.dense.search(query, k, &SearchParams::default())?;
-        let (ids, scores) = hits.row(0);
-        Ok(ids
-            .iter()
-            .zip(scores)
-            .filter(|(&id, _)| id != u64::MAX)
-            .map(|(&id, &s)| (id as usize, s))
-            .collect())
+        top_rows(&self.dense, query, k)
     }
 
     /// Top-`k` passages by BM25, best first.

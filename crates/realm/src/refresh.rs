@@ -12,12 +12,12 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use candle_core::Device;
-use ralm_index::{FlatIndex, Index, KeyType, Metric, SearchParams};
+use ralm_index::{FlatIndex, Index, KeyType, Metric};
 use ralm_models::bert::Pooling;
 
 use crate::error::{RealmError, Result};
 use crate::passages::Passage;
-use crate::retriever::DenseEncoder;
+use crate::retriever::{top_rows, DenseEncoder};
 
 /// Passage vectors made by one version of the document tower, searchable by inner product.
 pub struct DocSnapshot {
@@ -68,14 +68,7 @@ impl DocSnapshot {
 
     /// The top-`k` passages by inner product with `query`, best first, with their scores.
     pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<(usize, f32)>> {
-        let hits = self.index.search(query, k, &SearchParams::default())?;
-        let (ids, scores) = hits.row(0);
-        Ok(ids
-            .iter()
-            .zip(scores)
-            .filter(|(&id, _)| id != u64::MAX)
-            .map(|(&id, &s)| (id as usize, s))
-            .collect())
+        top_rows(&self.index, query, k)
     }
 }
 

@@ -120,6 +120,23 @@ impl DenseEncoder {
     }
 }
 
+/// The top-`k` rows of `index` by score with `query`, best first, as (row, score); the
+/// padding of a short result is dropped.
+pub(crate) fn top_rows(
+    index: &dyn ralm_index::Index,
+    query: &[f32],
+    k: usize,
+) -> Result<Vec<(usize, f32)>> {
+    let hits = index.search(query, k, &ralm_index::SearchParams::default())?;
+    let (ids, scores) = hits.row(0);
+    Ok(ids
+        .iter()
+        .zip(scores)
+        .filter(|(&id, _)| id != u64::MAX)
+        .map(|(&id, &s)| (id as usize, s))
+        .collect())
+}
+
 /// Inner product of two equal-length vectors.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()

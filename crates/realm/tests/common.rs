@@ -53,3 +53,28 @@ fn present(p: PathBuf) -> Option<PathBuf> {
         None
     }
 }
+
+/// Names of the variables of `varmap` whose gradient in `grads` is missing or all zero.
+pub fn without_gradient(
+    varmap: &candle_nn::VarMap,
+    grads: &candle_core::backprop::GradStore,
+) -> Vec<String> {
+    let vars = varmap.data().lock().unwrap();
+    let mut names: Vec<String> = vars
+        .iter()
+        .filter(|(_, v)| {
+            grads.get(v.as_tensor()).is_none_or(|g| {
+                g.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    == 0.0
+            })
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
+    names.sort();
+    names
+}

@@ -190,22 +190,7 @@ fn loss_matches_each_candidate_run_alone_and_reaches_every_parameter() {
         ("input tower", m.input.body().varmap()),
         ("document tower", m.docs.body().varmap()),
     ] {
-        let vars = varmap.data().lock().unwrap();
-        let without: Vec<&String> = vars
-            .iter()
-            .filter(|(_, v)| {
-                grads.get(v.as_tensor()).is_none_or(|g| {
-                    g.abs()
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap()
-                        == 0.0
-                })
-            })
-            .map(|(n, _)| n)
-            .collect();
+        let without = common::without_gradient(varmap, &grads);
         assert!(without.is_empty(), "{what}: no gradient for {without:?}");
     }
 }

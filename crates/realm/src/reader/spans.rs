@@ -30,16 +30,18 @@ pub struct SpecialIds {
 impl SpecialIds {
     /// Looks `[CLS]` and `[SEP]` up in `tokenizer`.
     pub fn of(tokenizer: &Tokenizer) -> Result<Self> {
-        let id = |t: &str| {
-            tokenizer
-                .token_to_id(t)
-                .ok_or_else(|| RealmError::Tokenizer(format!("{t} is not in the vocabulary")))
-        };
         Ok(Self {
-            cls: id("[CLS]")?,
-            sep: id("[SEP]")?,
+            cls: vocab_id(tokenizer, "[CLS]")?,
+            sep: vocab_id(tokenizer, "[SEP]")?,
         })
     }
+}
+
+/// The id of `token` in `tokenizer`'s vocabulary; an error naming it when absent.
+pub fn vocab_id(tokenizer: &Tokenizer, token: &str) -> Result<u32> {
+    tokenizer
+        .token_to_id(token)
+        .ok_or_else(|| RealmError::Tokenizer(format!("{token} is not in the vocabulary")))
 }
 
 /// One tokenized question–passage pair, with what is needed to map spans back to text.
