@@ -447,7 +447,12 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         a.k,
         index.passages().len()
     );
-    let pb = bar(total * batch, "pretrain");
+    // Updates take seconds to minutes: the ETA comes from the mean time per update, which
+    // indicatif's short-window estimate gets wrong at that pace.
+    let pb = crate::progress::bar(
+        (total * batch) as u64,
+        "{spinner} pretrain   [{bar:30}] {pos}/{len} {msg}",
+    );
     let started = Instant::now();
     let (mut losses, mut utility, mut tokens) = (Vec::new(), Vec::new(), 0usize);
     for chunk in sentences.chunks(batch) {
@@ -484,11 +489,14 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         }
         losses.push((s.step as f64, s.loss));
         utility.push((s.step as f64, s.retrieval_utility));
+        let left = secs / s.step as f64 * (total - s.step) as f64;
         pb.set_message(format!(
-            "loss {:.2} RU {:+.2} ({:.0} tok/s)",
+            "loss {:.2} RU {:+.2} ({:.0} tok/s, {:.0}s per update) ETA {}",
             s.loss,
             s.retrieval_utility,
-            tokens as f64 / secs
+            tokens as f64 / secs,
+            secs / s.step as f64,
+            indicatif::HumanDuration(std::time::Duration::from_secs_f64(left))
         ));
         pb.inc(chunk.len() as u64);
         if s.step % a.checkpoint_every.max(1) == 0 || s.step == total {
