@@ -116,24 +116,6 @@ fn eval_sample(eval: Vec<QaExample>, n: usize) -> Vec<QaExample> {
     }
 }
 
-/// Keeps the log lines of updates up to `step` (a resumed run rewrites what came after).
-fn trim_log(path: &Path, step: usize) -> anyhow::Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s as usize <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    crate::io::write_atomic(path, kept.as_bytes())
-}
-
 /// The training-loss and evaluation charts from the log.
 fn plot(out: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(out.join(LOG_FILE))?;
@@ -252,7 +234,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let log_path = a.out.join(LOG_FILE);
-    trim_log(&log_path, trainer.step_count())?;
+    crate::io::trim_log(&log_path, trainer.step_count())?;
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -13,7 +13,9 @@ use ralm_models::bert::{BertForMaskedLM, Pooling};
 use ralm_realm::data::shared_data_dir;
 use ralm_realm::finetune::query::QueryTower;
 use ralm_realm::passages::MAX_PASSAGE_WORDPIECES;
-use ralm_realm::pretrain::{masked_sentences, PretrainConfig, Pretrainer, RealmModels, Specials};
+use ralm_realm::pretrain::{
+    masked_sentences, read_checkpoint_state, PretrainConfig, Pretrainer, RealmModels, Specials,
+};
 use ralm_realm::qa_index::QaIndex;
 use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot};
 use ralm_realm::retriever::{DenseEncoder, MAX_QUESTION_WORDPIECES};
@@ -371,6 +373,10 @@ pub struct PretrainArgs {
     /// Seed of the passage sample and the span choice.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Continue from the checkpoint in --out (models, optimizer state, updates taken; the same
+    /// sentences are rebuilt from the seed and the run goes on with the next batch).
+    #[arg(long)]
+    resume: bool,
 }
 
 fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
@@ -438,24 +444,54 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         )
     });
     let tower_copy = a.out.join("refresh-tower");
-    let mut trainer = Pretrainer::new(&corpus, slot, models, config)?;
+    let checkpoint = a.out.join("checkpoint");
+    let mut trainer = if a.resume {
+        read_checkpoint_state(&checkpoint)
+            .with_context(|| format!("--resume: no checkpoint in {}", a.out.display()))?;
+        Pretrainer::resume(&corpus, slot, &checkpoint, models, Some(total))?
+    } else {
+        if checkpoint.exists() {
+            anyhow::bail!(
+                "{} already holds a checkpoint: pass --resume to continue it, or choose another --out",
+                a.out.display()
+            );
+        }
+        Pretrainer::new(&corpus, slot, models, config)?
+    };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut log = std::fs::File::create(a.out.join("train.jsonl"))?;
+    let log_path = a.out.join("train.jsonl");
+    crate::io::trim_log(&log_path, trainer.step_count())?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let done = trainer.step_count();
+    if done >= total {
+        eprintln!("{} already took all {total} updates", checkpoint.display());
+        return Ok(());
+    }
+    if let Some(r) = &refresher {
+        // The index the run starts from predates the resumed document tower.
+        if done > 0 {
+            trainer.models().docs.save(&tower_copy)?;
+            r.offer(done, Instant::now(), tower_copy.clone());
+        }
+    }
     eprintln!(
-        "{} sentences, {total} updates of {batch}, k = {} plus the null document, {} passages",
+        "{} sentences, {total} updates of {batch} ({done} done), k = {} plus the null document, {} passages",
         sentences.len(),
         a.k,
         index.passages().len()
     );
-    // Updates take seconds to minutes: the ETA comes from the mean time per update, which
-    // indicatif's short-window estimate gets wrong at that pace.
     let pb = crate::progress::bar(
         (total * batch) as u64,
         "{spinner} pretrain   [{bar:30}] {pos}/{len} {msg}",
     );
     let started = Instant::now();
-    let (mut losses, mut utility, mut tokens) = (Vec::new(), Vec::new(), 0usize);
-    for chunk in sentences.chunks(batch) {
+    pb.set_position((done * batch) as u64);
+    let mut tokens = 0usize;
+    for chunk in sentences.chunks(batch).skip(done) {
         let s = trainer.step(chunk)?;
         tokens += s.tokens;
         let secs = started.elapsed().as_secs_f64();
@@ -487,38 +523,52 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
                 r.offer(s.step, Instant::now(), tower_copy.clone());
             }
         }
-        losses.push((s.step as f64, s.loss));
-        utility.push((s.step as f64, s.retrieval_utility));
-        let left = secs / s.step as f64 * (total - s.step) as f64;
+        let per_update = secs / (s.step - done) as f64;
+        let left = per_update * (total - s.step) as f64;
         pb.set_message(format!(
             "loss {:.2} RU {:+.2} ({:.0} tok/s, {:.0}s per update) ETA {}",
             s.loss,
             s.retrieval_utility,
             tokens as f64 / secs,
-            secs / s.step as f64,
+            per_update,
             indicatif::HumanDuration(std::time::Duration::from_secs_f64(left))
         ));
         pb.inc(chunk.len() as u64);
         if s.step % a.checkpoint_every.max(1) == 0 || s.step == total {
-            trainer.save(&a.out.join("checkpoint"))?;
-            loss_curve(
-                "REALM pre-training: −log Σ p(z|x) p(y|z,x)",
-                losses.clone(),
-                10,
-            )
-            .save(&a.out.join("loss.svg"))?;
-            let mut ru = loss_curve("Retrieval utility of the top document", utility.clone(), 10);
-            ru.y_label = "log p(y|z,x) − log p(y|∅,x)".into();
-            ru.save(&a.out.join("utility.svg"))?;
+            trainer.save(&checkpoint)?;
+            log.flush()?;
+            plot_pretraining(&a.out)?;
         }
     }
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "{total} updates in {secs:.0}s ({:.0} tokens/s, {:.2} s per update); checkpoint in {}",
+        "{} updates in {secs:.0}s ({:.0} tokens/s, {:.2} s per update); checkpoint in {}",
+        total - done,
         tokens as f64 / secs,
-        secs / total as f64,
-        a.out.join("checkpoint").display()
+        secs / (total - done) as f64,
+        checkpoint.display()
     );
     Ok(())
+}
+
+/// The loss and retrieval-utility charts of a pre-training run, from its whole log.
+fn plot_pretraining(out: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(out.join("train.jsonl"))?;
+    let (mut losses, mut utility) = (Vec::new(), Vec::new());
+    for v in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        let step = v["step"].as_f64().unwrap_or(0.0);
+        if let (Some(l), Some(u)) = (v["loss"].as_f64(), v["retrieval_utility"].as_f64()) {
+            losses.push((step, l));
+            utility.push((step, u));
+        }
+    }
+    loss_curve("REALM pre-training: −log Σ p(z|x) p(y|z,x)", losses, 10)
+        .save(&out.join("loss.svg"))?;
+    let mut ru = loss_curve("Retrieval utility of the top document", utility, 10);
+    ru.y_label = "log p(y|z,x) − log p(y|∅,x)".into();
+    ru.save(&out.join("utility.svg"))
 }

@@ -18,7 +18,7 @@ use crate::finetune::adamw::{linear_schedule, AdamW, AdamWConfig};
 use crate::finetune::loss::logsumexp;
 use crate::finetune::query::QueryTower;
 use crate::fsutil::{replace_dir, write_atomic};
-use crate::passages::{document_of, Passage};
+use crate::passages::{document_of, Passage, MAX_PASSAGE_WORDPIECES};
 use crate::reader::spans::vocab_id;
 use crate::reader::{pad_rows, SpecialIds};
 use crate::refresh::{DocSnapshot, SnapshotSlot};
@@ -417,25 +417,116 @@ impl<'a> Pretrainer<'a> {
     }
 
     /// Writes `dir` (replaced whole): `reader/` (HF `BertForMaskedLM`), `input/` and `docs/`
-    /// (HF BERT directories) and `pretrain.json` (settings and updates taken).
+    /// (HF BERT directories), `optimizer.safetensors` (AdamW moments and step) and
+    /// `pretrain.json` (format, settings, updates taken).
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let state = serde_json::json!({
-            "format": "ralm-realm-pretrain",
-            "version": 1,
-            "step": self.step_count(),
-            "config": self.config,
-        });
+        let state = CheckpointState {
+            format: FORMAT.into(),
+            version: VERSION,
+            step: self.step_count(),
+            config: self.config.clone(),
+        };
         let bytes = serde_json::to_vec_pretty(&state)
             .map_err(|e| RealmError::Invalid(format!("pre-training state: {e}")))?;
         replace_dir(dir, |tmp| {
-            self.models.reader.save(&tmp.join("reader"))?;
-            self.models.input.save(&tmp.join("input"))?;
-            self.models.docs.save(&tmp.join("docs"))?;
-            write_atomic(&tmp.join("pretrain.json"), |w| {
+            self.models.reader.save(&tmp.join(READER_DIR))?;
+            self.models.input.save(&tmp.join(INPUT_DIR))?;
+            self.models.docs.save(&tmp.join(DOCS_DIR))?;
+            ralm_models::weights::save_safetensors(
+                &tmp.join(OPTIMIZER_FILE),
+                &self.optimizer.state()?,
+            )?;
+            write_atomic(&tmp.join(STATE_FILE), |w| {
                 std::io::Write::write_all(w, &bytes)
             })
         })
     }
+
+    /// Continues from the checkpoint `dir` (models, optimizer moments, updates taken) with the
+    /// special ids, document lengths, pooling and scale of `like` (its weights are replaced by
+    /// the checkpoint's); `total_steps` may be raised to train further.
+    pub fn resume(
+        passages: &'a [Passage],
+        slot: Arc<SnapshotSlot>,
+        dir: &Path,
+        like: RealmModels,
+        total_steps: Option<usize>,
+    ) -> Result<Self> {
+        let state = read_checkpoint_state(dir)?;
+        let device = like.reader.bert().word_embeddings().device().clone();
+        let pooling = like.docs.pooling();
+        let mut docs = QueryTower::load(&dir.join(DOCS_DIR), pooling, &device)?;
+        let doc_len = like
+            .docs
+            .body()
+            .tokenizer()
+            .get_truncation()
+            .map_or(MAX_PASSAGE_WORDPIECES, |t| t.max_length);
+        docs.set_max_len(doc_len)?;
+        let models = RealmModels {
+            reader: BertForMaskedLM::load(&dir.join(READER_DIR), &device)?,
+            input: QueryTower::load(&dir.join(INPUT_DIR), like.input.pooling(), &device)?,
+            docs,
+            ..like
+        };
+        let mut config = state.config;
+        if let Some(t) = total_steps {
+            config.total_steps = t;
+        }
+        let mut trainer = Self::new(passages, slot, models, config)?;
+        let path = dir.join(OPTIMIZER_FILE);
+        let tensors = candle_core::safetensors::load(&path, &device)
+            .map_err(|e| RealmError::format(&path, e.to_string()))?;
+        trainer
+            .optimizer
+            .load_state(&tensors)
+            .map_err(|e| RealmError::format(&path, e.to_string()))?;
+        if trainer.step_count() != state.step {
+            return Err(RealmError::format(
+                &path,
+                format!(
+                    "holds {} updates but {STATE_FILE} says {}",
+                    trainer.step_count(),
+                    state.step
+                ),
+            ));
+        }
+        Ok(trainer)
+    }
+}
+
+/// What `pretrain.json` records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointState {
+    pub format: String,
+    pub version: u32,
+    /// Updates taken.
+    pub step: usize,
+    pub config: PretrainConfig,
+}
+
+const FORMAT: &str = "ralm-realm-pretrain";
+const VERSION: u32 = 1;
+const STATE_FILE: &str = "pretrain.json";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const READER_DIR: &str = "reader";
+const INPUT_DIR: &str = "input";
+const DOCS_DIR: &str = "docs";
+
+/// Reads `pretrain.json` of the checkpoint `dir`, refusing another format or version.
+pub fn read_checkpoint_state(dir: &Path) -> Result<CheckpointState> {
+    let file = dir.join(STATE_FILE);
+    let state: CheckpointState = crate::data::read_json(&file)?;
+    if state.format != FORMAT || state.version != VERSION {
+        return Err(RealmError::format(
+            &file,
+            format!(
+                "format {} version {} (this build reads {FORMAT} version {VERSION})",
+                state.format, state.version
+            ),
+        ));
+    }
+    Ok(state)
 }
 
 /// Sentences of `text`: cut after `.`, `!` or `?` followed by white space and a capital letter.

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use candle_core::Device;
@@ -117,12 +116,12 @@ struct Job {
     tower: PathBuf,
 }
 
-/// The background index builder.
+/// The background index builder. Dropping it stops the thread after the refresh under way,
+/// whose result is then discarded; a process that exits meanwhile abandons that refresh.
 pub struct Refresher {
-    jobs: Option<SyncSender<Job>>,
+    jobs: SyncSender<Job>,
     reports: Receiver<Result<RefreshReport>>,
     busy: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
 }
 
 impl Refresher {
@@ -140,7 +139,7 @@ impl Refresher {
         let (outbox, reports) = mpsc::channel();
         let busy = Arc::new(AtomicBool::new(false));
         let flag = busy.clone();
-        let handle = std::thread::spawn(move || {
+        std::thread::spawn(move || {
             let first = slot.current().version + 1;
             for (version, job) in (first..).zip(inbox) {
                 let result = (|| {
@@ -163,10 +162,9 @@ impl Refresher {
             }
         });
         Self {
-            jobs: Some(jobs),
+            jobs,
             reports,
             busy,
-            handle: Some(handle),
         }
     }
 
@@ -182,10 +180,7 @@ impl Refresher {
         if self.busy.swap(true, Ordering::SeqCst) {
             return false;
         }
-        let sent = self
-            .jobs
-            .as_ref()
-            .is_some_and(|j| j.send(Job { step, taken, tower }).is_ok());
+        let sent = self.jobs.send(Job { step, taken, tower }).is_ok();
         if !sent {
             self.busy.store(false, Ordering::SeqCst);
         }
@@ -200,16 +195,6 @@ impl Refresher {
                 Ok(r) => out.push(r),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return out,
             }
-        }
-    }
-}
-
-impl Drop for Refresher {
-    /// Lets a refresh under way finish, then stops the thread.
-    fn drop(&mut self) {
-        self.jobs.take();
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
         }
     }
 }

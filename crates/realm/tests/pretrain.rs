@@ -346,3 +346,71 @@ fn refresher_reembeds_the_corpus_and_the_trainer_reports_staleness() {
     let third = trainer.step(&batch).unwrap();
     assert_eq!((third.snapshot_version, third.staleness_steps), (1, 1));
 }
+
+#[test]
+fn resumes_models_optimizer_and_step_from_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let passages = vec![
+        passage("wiki:france:0", "France", "paris is the capital of france."),
+        passage(
+            "wiki:germany:0",
+            "Germany",
+            "berlin is the capital of germany.",
+        ),
+        passage("wiki:italy:0", "Italy", "rome is the capital of italy."),
+    ];
+    let dim = 16;
+    let vectors: Vec<f32> = (0..passages.len() * dim).map(|i| (i % 3) as f32).collect();
+    let slot = Arc::new(SnapshotSlot::new(snapshot(0, 0, &vectors, dim)));
+    let config = PretrainConfig {
+        k: 2,
+        lr: 1e-3,
+        tower_lr: 5e-4,
+        warmup_steps: 1,
+        total_steps: 6,
+        max_sentence_pieces: 32,
+    };
+    let batch = vec![sentence()];
+    let mut trainer = Pretrainer::new(
+        &passages,
+        slot.clone(),
+        models(&tmp.path().join("a")),
+        config,
+    )
+    .unwrap();
+    trainer.step(&batch).unwrap();
+    trainer.step(&batch).unwrap();
+    let dir = tmp.path().join("checkpoint");
+    trainer.save(&dir).unwrap();
+
+    // Resumed into models of other seeds: the checkpoint's weights and moments replace them.
+    let mut resumed = Pretrainer::resume(
+        &passages,
+        slot.clone(),
+        &dir,
+        models(&tmp.path().join("b")),
+        None,
+    )
+    .unwrap();
+    assert_eq!(resumed.step_count(), 2);
+    let next = trainer.step(&batch).unwrap();
+    let again = resumed.step(&batch).unwrap();
+    assert_eq!(again.step, 3);
+    assert!(
+        (next.loss - again.loss).abs() < 1e-5,
+        "{} vs {}",
+        next.loss,
+        again.loss
+    );
+    assert!((next.lr - again.lr).abs() < 1e-15);
+    assert!((next.grad_norm - again.grad_norm).abs() < 1e-3 * next.grad_norm.max(1.0));
+    // The same update from the same moments: the next losses agree too.
+    let after = trainer.step(&batch).unwrap();
+    let after_resumed = resumed.step(&batch).unwrap();
+    assert!((after.loss - after_resumed.loss).abs() < 1e-4);
+
+    std::fs::write(dir.join("pretrain.json"), "{\"format\": \"other\"}").unwrap();
+    assert!(
+        Pretrainer::resume(&passages, slot, &dir, models(&tmp.path().join("c")), None).is_err()
+    );
+}

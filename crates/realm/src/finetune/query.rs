@@ -64,6 +64,11 @@ impl QueryTower {
         Ok(())
     }
 
+    /// How token vectors are pooled.
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
     /// The trainable body.
     pub fn body(&self) -> &TrainableBert {
         &self.body
