@@ -27,7 +27,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::json;
 
-use crate::plot::loss_curve;
+use crate::plot::{loss_curve, Chart, Series};
 use crate::qa_dense::bar;
 
 /// Sentences per forward pass when tagging.
@@ -335,7 +335,7 @@ pub struct PretrainArgs {
     /// Entity tagger for salient spans (`ralm realm ner-train`); without one, dates only.
     #[arg(long)]
     tagger: Option<PathBuf>,
-    /// Output directory: checkpoint/, train.jsonl, loss.svg, utility.svg.
+    /// Output directory: checkpoint/, train.jsonl, loss.svg, utility.svg, accuracy.svg.
     #[arg(long, default_value = "runs/realm-pretrain")]
     out: PathBuf,
     /// Training sentences (from a seeded sample of the index's passages).
@@ -373,6 +373,10 @@ pub struct PretrainArgs {
     /// Seed of the passage sample and the span choice.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Held-out sentences (after the training ones) whose masked wordpieces are predicted at the
+    /// start and at every checkpoint, with retrieval and with the null document only.
+    #[arg(long, default_value_t = 40)]
+    eval_sentences: usize,
     /// Continue from the checkpoint in --out (models, optimizer state, updates taken; the same
     /// sentences are rebuilt from the seed and the run goes on with the next batch).
     #[arg(long)]
@@ -396,13 +400,22 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     let mut passages = index.passages().to_vec();
     passages.shuffle(&mut rng);
     // About four usable sentences per passage.
-    passages.truncate(a.sentences.div_ceil(2).max(1));
+    passages.truncate((a.sentences + a.eval_sentences).div_ceil(2).max(1));
     let finder = SalientSpans::new(tagger);
     let mut sentences = masked_sentences(&passages, &finder, 6..=60, PREDICT_BATCH, &mut rng)?;
-    sentences.truncate(a.sentences);
-    if sentences.is_empty() {
-        anyhow::bail!("no sentences of 6 to 60 words in the sampled passages");
+    if sentences.len() <= a.sentences {
+        anyhow::bail!(
+            "{} sentences of 6 to 60 words in the sampled passages: fewer than --sentences {} \
+             plus held-out ones",
+            sentences.len(),
+            a.sentences
+        );
     }
+    let held_out: Vec<_> = sentences
+        .split_off(a.sentences)
+        .into_iter()
+        .take(a.eval_sentences)
+        .collect();
     let batch = a.batch.max(1);
     let total = sentences.len().div_ceil(batch);
     let mut docs = QueryTower::load(&a.encoder, Pooling::Mean, &device)?;
@@ -489,6 +502,33 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         "{spinner} pretrain   [{bar:30}] {pos}/{len} {msg}",
     );
     let started = Instant::now();
+    let evaluate = |trainer: &Pretrainer, log: &mut std::fs::File| -> anyhow::Result<()> {
+        if held_out.is_empty() {
+            return Ok(());
+        }
+        let h = trainer.evaluate(&held_out)?;
+        let (with, null) = (
+            h.with_retrieval as f64 / h.masked.max(1) as f64,
+            h.null_only as f64 / h.masked.max(1) as f64,
+        );
+        eprintln!(
+            "update {}: held-out masked wordpieces right {:.1}% with retrieval, {:.1}% with the null document only ({} wordpieces)",
+            trainer.step_count(),
+            100.0 * with,
+            100.0 * null,
+            h.masked
+        );
+        writeln!(
+            log,
+            "{}",
+            json!({"step": trainer.step_count(), "eval_accuracy": with,
+                "eval_null_accuracy": null, "eval_masked": h.masked})
+        )?;
+        Ok(())
+    };
+    if done == 0 {
+        evaluate(&trainer, &mut log)?;
+    }
     pb.set_position((done * batch) as u64);
     let mut tokens = 0usize;
     for chunk in sentences.chunks(batch).skip(done) {
@@ -536,6 +576,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         pb.inc(chunk.len() as u64);
         if s.step % a.checkpoint_every.max(1) == 0 || s.step == total {
             trainer.save(&checkpoint)?;
+            pb.suspend(|| evaluate(&trainer, &mut log))?;
             log.flush()?;
             plot_pretraining(&a.out)?;
         }
@@ -556,6 +597,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
 fn plot_pretraining(out: &std::path::Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(out.join("train.jsonl"))?;
     let (mut losses, mut utility) = (Vec::new(), Vec::new());
+    let (mut with_retrieval, mut null_only) = (Vec::new(), Vec::new());
     for v in text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -565,6 +607,32 @@ fn plot_pretraining(out: &std::path::Path) -> anyhow::Result<()> {
             losses.push((step, l));
             utility.push((step, u));
         }
+        if let (Some(r), Some(n)) = (
+            v["eval_accuracy"].as_f64(),
+            v["eval_null_accuracy"].as_f64(),
+        ) {
+            with_retrieval.push((step, 100.0 * r));
+            null_only.push((step, 100.0 * n));
+        }
+    }
+    if !with_retrieval.is_empty() {
+        Chart {
+            title: "Held-out masked wordpieces predicted right".into(),
+            x_label: "update".into(),
+            y_label: "%".into(),
+            log_x: false,
+            series: vec![
+                Series {
+                    name: "with retrieval".into(),
+                    points: with_retrieval,
+                },
+                Series {
+                    name: "null document only".into(),
+                    points: null_only,
+                },
+            ],
+        }
+        .save(&out.join("accuracy.svg"))?;
     }
     loss_curve("REALM pre-training: −log Σ p(z|x) p(y|z,x)", losses, 10)
         .save(&out.join("loss.svg"))?;

@@ -140,9 +140,15 @@ impl SentenceLoss {
 }
 
 impl RealmModels {
-    /// The loss of masked sentence `x` against candidate documents `docs` (the null document is
-    /// added last), in training mode.
-    pub fn sentence_loss(&self, x: &MaskedTokens, docs: &[&Passage]) -> Result<SentenceLoss> {
+    /// `log p(z|x)` `[n]` and the reader's log-probabilities `[n, masked, vocab]` at the masked
+    /// wordpieces, for the candidates `docs` plus the null document (last), and the wordpieces
+    /// read. `mode` sets dropout and differentiable ops for all three models.
+    fn distributions(
+        &self,
+        x: &MaskedTokens,
+        docs: &[&Passage],
+        mode: Mode,
+    ) -> Result<(Tensor, Tensor, usize)> {
         let sp = self.specials;
         let device = self.reader.bert().word_embeddings().device().clone();
         // p(z|x): the masked sentence against every candidate and the empty document.
@@ -150,18 +156,17 @@ impl RealmModels {
         query.extend(&x.ids);
         query.push(sp.sep);
         let zeros = vec![0u32; query.len()];
-        let q = self.input.embed_batch(
-            &pad_rows(&[(&query, &zeros)], sp.pad, &device)?,
-            Mode::Train,
-        )?;
+        let q = self
+            .input
+            .embed_batch(&pad_rows(&[(&query, &zeros)], sp.pad, &device)?, mode)?;
         let mut texts: Vec<String> = docs.iter().map(|p| passage_text(p)).collect();
         texts.push(String::new());
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let d = self.docs.embed(&refs, Mode::Train)?;
+        let d = self.docs.embed(&refs, mode)?;
         let scores = (d.matmul(&q.t()?)?.squeeze(1)? * self.scale)?;
         let log_p_z = candle_nn::ops::log_softmax(&scores, D::Minus1)?;
 
-        // p(y|z,x): the reader over [CLS] x [SEP] z [SEP] for every candidate.
+        // The reader over [CLS] x [SEP] z [SEP] for every candidate.
         let doc_ids = self
             .docs
             .body()
@@ -185,9 +190,9 @@ impl RealmModels {
             .map(|(i, t)| (i.as_slice(), t.as_slice()))
             .collect();
         let batch: TokenBatch = pad_rows(&row_refs, sp.pad, &device)?;
-        let (_, logits) =
-            self.reader
-                .forward(&batch.ids, &batch.type_ids, &batch.mask, Mode::Train)?;
+        let (_, logits) = self
+            .reader
+            .forward(&batch.ids, &batch.type_ids, &batch.mask, mode)?;
         let (n, t, v) = logits.dims3()?;
         // The masked wordpieces sit at 1 + position in every row ([CLS] first).
         let mut flat = Vec::with_capacity(n * x.positions.len());
@@ -197,17 +202,30 @@ impl RealmModels {
         let picked = logits
             .reshape((n * t, v))?
             .index_select(&Tensor::new(flat.as_slice(), &device)?, 0)?;
-        let log_probs = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
-        let targets: Vec<u32> = (0..n).flat_map(|_| x.targets.iter().copied()).collect();
-        let gold = log_probs
-            .gather(&Tensor::new(targets.as_slice(), &device)?.unsqueeze(1)?, 1)?
-            .reshape((n, x.positions.len()))?;
-        let log_p_y = gold.sum(D::Minus1)?;
-        let loss = logsumexp(&(&log_p_z + &log_p_y)?)?.neg()?;
+        let log_probs =
+            candle_nn::ops::log_softmax(&picked, D::Minus1)?.reshape((n, x.positions.len(), v))?;
         // Input tower, reader rows, document tower (its inputs add [CLS] and [SEP]).
         let tokens = query.len()
             + rows.iter().map(|r| r.0.len()).sum::<usize>()
             + doc_ids.iter().map(|e| e.len() + 2).sum::<usize>();
+        Ok((log_p_z, log_probs, tokens))
+    }
+
+    /// The loss of masked sentence `x` against candidate documents `docs` (the null document is
+    /// added last), in training mode.
+    pub fn sentence_loss(&self, x: &MaskedTokens, docs: &[&Passage]) -> Result<SentenceLoss> {
+        let (log_p_z, log_probs, tokens) = self.distributions(x, docs, Mode::Train)?;
+        let (n, m, _) = log_probs.dims3()?;
+        let targets: Vec<u32> = (0..n).flat_map(|_| x.targets.iter().copied()).collect();
+        let gold = log_probs
+            .reshape((n * m, ()))?
+            .gather(
+                &Tensor::new(targets.as_slice(), log_probs.device())?.unsqueeze(1)?,
+                1,
+            )?
+            .reshape((n, m))?;
+        let log_p_y = gold.sum(D::Minus1)?;
+        let loss = logsumexp(&(&log_p_z + &log_p_y)?)?.neg()?;
         Ok(SentenceLoss {
             loss,
             log_p_z: log_p_z.to_vec1()?,
@@ -215,6 +233,36 @@ impl RealmModels {
             tokens,
         })
     }
+
+    /// Masked wordpieces of `x` predicted right (inference mode): by the most likely token
+    /// under `Σ_z p(z|x) p(token|z,x)` over `docs` and the null document, and by the null
+    /// document alone.
+    pub fn masked_accuracy(&self, x: &MaskedTokens, docs: &[&Passage]) -> Result<MaskedHits> {
+        let (log_p_z, log_probs, _) = self.distributions(x, docs, Mode::Inference)?;
+        let (n, _, _) = log_probs.dims3()?;
+        let p_z = log_p_z.exp()?;
+        let marginal = log_probs
+            .exp()?
+            .broadcast_mul(&p_z.reshape((n, 1, 1))?)?
+            .sum(0)?
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?;
+        let null = log_probs.get(n - 1)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let right = |pred: &[u32]| pred.iter().zip(&x.targets).filter(|(a, b)| a == b).count();
+        Ok(MaskedHits {
+            with_retrieval: right(&marginal),
+            null_only: right(&null),
+            masked: x.targets.len(),
+        })
+    }
+}
+
+/// Masked wordpieces predicted right with retrieval and with the null document only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaskedHits {
+    pub with_retrieval: usize,
+    pub null_only: usize,
+    pub masked: usize,
 }
 
 /// The first `k` of `ranked` passages that do not come from `document` (REALM excludes the
@@ -414,6 +462,29 @@ impl<'a> Pretrainer<'a> {
             staleness_steps: step.saturating_sub(snapshot.params_step),
             staleness_seconds: snapshot.taken.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Masked wordpieces of held-out `sentences` predicted right with retrieval (the current
+    /// snapshot's top-k and the null document) and with the null document alone.
+    pub fn evaluate(&self, sentences: &[MaskedSentence]) -> Result<MaskedHits> {
+        let tokenizer = self.models.docs.body().tokenizer().clone();
+        let snapshot = self.slot.current();
+        let mut total = MaskedHits::default();
+        for s in sentences {
+            let x = mask_sentence(
+                &tokenizer,
+                s,
+                self.config.max_sentence_pieces,
+                self.models.specials.mask,
+            )?;
+            let ids = self.candidates(&snapshot, &x, &s.document)?;
+            let docs: Vec<&Passage> = ids.iter().map(|&i| &self.passages[i]).collect();
+            let hits = self.models.masked_accuracy(&x, &docs)?;
+            total.with_retrieval += hits.with_retrieval;
+            total.null_only += hits.null_only;
+            total.masked += hits.masked;
+        }
+        Ok(total)
     }
 
     /// Writes `dir` (replaced whole): `reader/` (HF `BertForMaskedLM`), `input/` and `docs/`

@@ -414,3 +414,45 @@ fn resumes_models_optimizer_and_step_from_a_checkpoint() {
         Pretrainer::resume(&passages, slot, &dir, models(&tmp.path().join("c")), None).is_err()
     );
 }
+
+#[test]
+fn held_out_accuracy_counts_masked_wordpieces_and_rises_as_the_reader_learns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let passages = vec![
+        passage("wiki:france:0", "France", "paris is the capital of france."),
+        passage(
+            "wiki:germany:0",
+            "Germany",
+            "berlin is the capital of germany.",
+        ),
+        passage("wiki:italy:0", "Italy", "rome is the capital of italy."),
+    ];
+    let dim = 16;
+    let vectors: Vec<f32> = (0..passages.len() * dim).map(|i| (i % 5) as f32).collect();
+    let slot = Arc::new(SnapshotSlot::new(snapshot(0, 0, &vectors, dim)));
+    let config = PretrainConfig {
+        k: 2,
+        lr: 1e-2,
+        tower_lr: 1e-3,
+        warmup_steps: 0,
+        total_steps: 60,
+        max_sentence_pieces: 32,
+    };
+    let mut trainer = Pretrainer::new(&passages, slot, models(tmp.path()), config).unwrap();
+    let mut two = sentence();
+    two.span = (9, 20); // "the capital": two wordpieces
+    let batch = vec![sentence(), two];
+    let before = trainer.evaluate(&batch).unwrap();
+    assert_eq!(before.masked, 3);
+    assert!(before.with_retrieval <= 3 && before.null_only <= 3);
+    for _ in 0..60 {
+        trainer.step(&batch).unwrap();
+    }
+    let after = trainer.evaluate(&batch).unwrap();
+    assert_eq!(after.masked, 3);
+    assert_eq!(
+        (after.with_retrieval, after.null_only),
+        (3, 3),
+        "{before:?} -> {after:?}"
+    );
+}
