@@ -507,7 +507,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         let h = trainer.evaluate(&held_out)?;
-        let (with, null) = (
+        let (with, null_only) = (
             h.with_retrieval as f64 / h.masked.max(1) as f64,
             h.null_only as f64 / h.masked.max(1) as f64,
         );
@@ -515,14 +515,14 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
             "update {}: held-out masked wordpieces right {:.1}% with retrieval, {:.1}% with the null document only ({} wordpieces)",
             trainer.step_count(),
             100.0 * with,
-            100.0 * null,
+            100.0 * null_only,
             h.masked
         );
         writeln!(
             log,
             "{}",
             json!({"step": trainer.step_count(), "eval_accuracy": with,
-                "eval_null_accuracy": null, "eval_masked": h.masked})
+                "eval_null_accuracy": null_only, "eval_masked": h.masked})
         )?;
         Ok(())
     };
