@@ -399,7 +399,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(a.seed);
     let mut passages = index.passages().to_vec();
     passages.shuffle(&mut rng);
-    // About four usable sentences per passage.
+    // Enough passages for two usable sentences each (most give more).
     passages.truncate((a.sentences + a.eval_sentences).div_ceil(2).max(1));
     let finder = SalientSpans::new(tagger);
     let mut sentences = masked_sentences(&passages, &finder, 6..=60, PREDICT_BATCH, &mut rng)?;
