@@ -21,8 +21,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens a JSONL training log for appending after dropping its lines of updates past `step`
+/// (what a run resumed from the checkpoint of update `step` will write again).
+pub fn open_training_log(path: &Path, step: usize) -> anyhow::Result<std::fs::File> {
+    trim_log(path, step)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
 /// Keeps the log lines of updates up to `step` (a resumed run rewrites what came after).
-pub fn trim_log(path: &Path, step: usize) -> anyhow::Result<()> {
+fn trim_log(path: &Path, step: usize) -> anyhow::Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };

@@ -473,12 +473,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let log_path = a.out.join("train.jsonl");
-    crate::io::trim_log(&log_path, trainer.step_count())?;
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut log = crate::io::open_training_log(&log_path, trainer.step_count())?;
     let done = trainer.step_count();
     if done >= total {
         eprintln!("{} already took all {total} updates", checkpoint.display());

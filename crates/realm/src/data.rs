@@ -405,3 +405,17 @@ fn shuffle<T>(items: &mut [T], seed: u64) {
         items.swap(i, j);
     }
 }
+
+/// Refuses a file whose recorded `(format, version)` is not `expected`, naming both.
+pub(crate) fn check_format(file: &Path, found: (&str, u32), expected: (&str, u32)) -> Result<()> {
+    if found != expected {
+        return Err(RealmError::format(
+            file,
+            format!(
+                "format {} version {} (this build reads {} version {})",
+                found.0, found.1, expected.0, expected.1
+            ),
+        ));
+    }
+    Ok(())
+}

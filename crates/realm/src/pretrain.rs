@@ -419,24 +419,33 @@ impl<'a> Pretrainer<'a> {
         ))
     }
 
+    /// Sentence `s` masked, and its candidate documents from `snapshot`.
+    fn prepare(
+        &self,
+        snapshot: &DocSnapshot,
+        s: &MaskedSentence,
+    ) -> Result<(MaskedTokens, Vec<&'a Passage>)> {
+        let x = mask_sentence(
+            self.models.docs.body().tokenizer(),
+            s,
+            self.config.max_sentence_pieces,
+            self.models.specials.mask,
+        )?;
+        let ids = self.candidates(snapshot, &x, &s.document)?;
+        let passages = self.passages;
+        Ok((x, ids.iter().map(|&i| &passages[i]).collect()))
+    }
+
     /// One update on `batch`: the mean of the sentences' losses.
     pub fn step(&mut self, batch: &[MaskedSentence]) -> Result<PretrainStep> {
         if batch.is_empty() {
             return Err(RealmError::Invalid("an empty batch".into()));
         }
-        let tokenizer = self.models.docs.body().tokenizer().clone();
         // One snapshot for the whole batch, however often the refresher swaps meanwhile.
         let snapshot = self.slot.current();
         let (mut losses, mut ru, mut null_p, mut tokens) = (Vec::new(), 0.0, 0.0, 0);
         for s in batch {
-            let x = mask_sentence(
-                &tokenizer,
-                s,
-                self.config.max_sentence_pieces,
-                self.models.specials.mask,
-            )?;
-            let ids = self.candidates(&snapshot, &x, &s.document)?;
-            let docs: Vec<&Passage> = ids.iter().map(|&i| &self.passages[i]).collect();
+            let (x, docs) = self.prepare(&snapshot, s)?;
             let out = self.models.sentence_loss(&x, &docs)?;
             ru += out.retrieval_utility().unwrap_or(0.0) as f64;
             null_p += out.log_p_z.last().map_or(0.0, |l| l.exp()) as f64;
@@ -467,18 +476,10 @@ impl<'a> Pretrainer<'a> {
     /// Masked wordpieces of held-out `sentences` predicted right with retrieval (the current
     /// snapshot's top-k and the null document) and with the null document alone.
     pub fn evaluate(&self, sentences: &[MaskedSentence]) -> Result<MaskedHits> {
-        let tokenizer = self.models.docs.body().tokenizer().clone();
         let snapshot = self.slot.current();
         let mut total = MaskedHits::default();
         for s in sentences {
-            let x = mask_sentence(
-                &tokenizer,
-                s,
-                self.config.max_sentence_pieces,
-                self.models.specials.mask,
-            )?;
-            let ids = self.candidates(&snapshot, &x, &s.document)?;
-            let docs: Vec<&Passage> = ids.iter().map(|&i| &self.passages[i]).collect();
+            let (x, docs) = self.prepare(&snapshot, s)?;
             let hits = self.models.masked_accuracy(&x, &docs)?;
             total.with_retrieval += hits.with_retrieval;
             total.null_only += hits.null_only;
@@ -588,15 +589,7 @@ const DOCS_DIR: &str = "docs";
 pub fn read_checkpoint_state(dir: &Path) -> Result<CheckpointState> {
     let file = dir.join(STATE_FILE);
     let state: CheckpointState = crate::data::read_json(&file)?;
-    if state.format != FORMAT || state.version != VERSION {
-        return Err(RealmError::format(
-            &file,
-            format!(
-                "format {} version {} (this build reads {FORMAT} version {VERSION})",
-                state.format, state.version
-            ),
-        ));
-    }
+    crate::data::check_format(&file, (&state.format, state.version), (FORMAT, VERSION))?;
     Ok(state)
 }
 

@@ -273,32 +273,11 @@ fn swaps_never_mix_snapshots_under_concurrent_reads() {
 fn refresher_reembeds_the_corpus_and_the_trainer_reports_staleness() {
     let tmp = tempfile::tempdir().unwrap();
     let m = models(tmp.path());
-    let passages = vec![
-        passage("wiki:france:0", "France", "paris is the capital of france."),
-        passage(
-            "wiki:germany:0",
-            "Germany",
-            "berlin is the capital of germany.",
-        ),
-        passage("wiki:italy:0", "Italy", "rome is the capital of italy."),
-        passage("wiki:paris:0", "Paris", "paris is a big city in europe."),
-    ];
+    let (passages, slot) = capitals(5);
     let dim = 16;
-    // The starting snapshot: arbitrary vectors.
-    let start: Vec<f32> = (0..passages.len() * dim)
-        .map(|i| ((i * 7) % 5) as f32 - 2.0)
-        .collect();
-    let slot = Arc::new(SnapshotSlot::new(snapshot(0, 0, &start, dim)));
     let corpus = Arc::new(passages.clone());
     let refresher = Refresher::spawn(slot.clone(), corpus, Pooling::Mean, 8, Device::Cpu);
-    let config = PretrainConfig {
-        k: 2,
-        lr: 1e-3,
-        tower_lr: 1e-3,
-        warmup_steps: 0,
-        total_steps: 10,
-        max_sentence_pieces: 32,
-    };
+    let config = tiny_config(1e-3, 1e-3, 0, 10);
     let mut trainer = Pretrainer::new(&passages, slot.clone(), m, config).unwrap();
     let batch = vec![
         sentence(),
@@ -347,9 +326,8 @@ fn refresher_reembeds_the_corpus_and_the_trainer_reports_staleness() {
     assert_eq!((third.snapshot_version, third.staleness_steps), (1, 1));
 }
 
-#[test]
-fn resumes_models_optimizer_and_step_from_a_checkpoint() {
-    let tmp = tempfile::tempdir().unwrap();
+/// Three capital-city passages and a snapshot of arbitrary vectors (`(i % modulus)`) over them.
+fn capitals(modulus: usize) -> (Vec<Passage>, Arc<SnapshotSlot>) {
     let passages = vec![
         passage("wiki:france:0", "France", "paris is the capital of france."),
         passage(
@@ -360,16 +338,30 @@ fn resumes_models_optimizer_and_step_from_a_checkpoint() {
         passage("wiki:italy:0", "Italy", "rome is the capital of italy."),
     ];
     let dim = 16;
-    let vectors: Vec<f32> = (0..passages.len() * dim).map(|i| (i % 3) as f32).collect();
+    let vectors: Vec<f32> = (0..passages.len() * dim)
+        .map(|i| (i % modulus) as f32)
+        .collect();
     let slot = Arc::new(SnapshotSlot::new(snapshot(0, 0, &vectors, dim)));
-    let config = PretrainConfig {
+    (passages, slot)
+}
+
+/// Settings of the tiny trainers: k = 2, no sentence cut.
+fn tiny_config(lr: f64, tower_lr: f64, warmup_steps: usize, total_steps: usize) -> PretrainConfig {
+    PretrainConfig {
         k: 2,
-        lr: 1e-3,
-        tower_lr: 5e-4,
-        warmup_steps: 1,
-        total_steps: 6,
+        lr,
+        tower_lr,
+        warmup_steps,
+        total_steps,
         max_sentence_pieces: 32,
-    };
+    }
+}
+
+#[test]
+fn resumes_models_optimizer_and_step_from_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (passages, slot) = capitals(3);
+    let config = tiny_config(1e-3, 5e-4, 1, 6);
     let batch = vec![sentence()];
     let mut trainer = Pretrainer::new(
         &passages,
@@ -418,26 +410,8 @@ fn resumes_models_optimizer_and_step_from_a_checkpoint() {
 #[test]
 fn held_out_accuracy_counts_masked_wordpieces_and_rises_as_the_reader_learns() {
     let tmp = tempfile::tempdir().unwrap();
-    let passages = vec![
-        passage("wiki:france:0", "France", "paris is the capital of france."),
-        passage(
-            "wiki:germany:0",
-            "Germany",
-            "berlin is the capital of germany.",
-        ),
-        passage("wiki:italy:0", "Italy", "rome is the capital of italy."),
-    ];
-    let dim = 16;
-    let vectors: Vec<f32> = (0..passages.len() * dim).map(|i| (i % 5) as f32).collect();
-    let slot = Arc::new(SnapshotSlot::new(snapshot(0, 0, &vectors, dim)));
-    let config = PretrainConfig {
-        k: 2,
-        lr: 1e-2,
-        tower_lr: 1e-3,
-        warmup_steps: 0,
-        total_steps: 60,
-        max_sentence_pieces: 32,
-    };
+    let (passages, slot) = capitals(5);
+    let config = tiny_config(1e-2, 1e-3, 0, 60);
     let mut trainer = Pretrainer::new(&passages, slot, models(tmp.path()), config).unwrap();
     let mut two = sentence();
     two.span = (9, 20); // "the capital": two wordpieces

@@ -112,15 +112,7 @@ pub fn checkpoint_dir(path: &Path) -> PathBuf {
 pub fn read_state(path: &Path) -> Result<CheckpointState> {
     let file = checkpoint_dir(path).join(STATE_FILE);
     let state: CheckpointState = read_json(&file)?;
-    if state.format != FORMAT || state.version != VERSION {
-        return Err(RealmError::format(
-            &file,
-            format!(
-                "format {} version {} (this build reads {FORMAT} version {VERSION})",
-                state.format, state.version
-            ),
-        ));
-    }
+    crate::data::check_format(&file, (&state.format, state.version), (FORMAT, VERSION))?;
     Ok(state)
 }
 
