@@ -14,7 +14,8 @@ use ralm_realm::data::shared_data_dir;
 use ralm_realm::finetune::query::QueryTower;
 use ralm_realm::passages::MAX_PASSAGE_WORDPIECES;
 use ralm_realm::pretrain::{
-    masked_sentences, read_checkpoint_state, PretrainConfig, Pretrainer, RealmModels, Specials,
+    masked_sentences, read_checkpoint_state, warm_up_reader, PretrainConfig, Pretrainer,
+    RealmModels, Specials,
 };
 use ralm_realm::qa_index::QaIndex;
 use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot};
@@ -373,6 +374,10 @@ pub struct PretrainArgs {
     /// Seed of the passage sample and the span choice.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Plain-MLM updates that warm the fresh MLM head up on the training sentences before
+    /// pre-training (not when resuming).
+    #[arg(long, default_value_t = 50)]
+    mlm_warmup: usize,
     /// Held-out sentences (after the training ones) whose masked wordpieces are predicted at the
     /// start and at every checkpoint, with retrieval and with the null document only.
     #[arg(long, default_value_t = 40)]
@@ -522,6 +527,31 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         Ok(())
     };
     if done == 0 {
+        if a.mlm_warmup > 0 {
+            let t0 = Instant::now();
+            let losses = warm_up_reader(
+                trainer.models(),
+                &sentences,
+                a.mlm_warmup,
+                batch,
+                a.lr,
+                &mut rng,
+            )?;
+            for (i, l) in losses.iter().enumerate() {
+                writeln!(
+                    log,
+                    "{}",
+                    json!({"step": 0, "mlm_warmup_update": i + 1, "mlm_loss": l})
+                )?;
+            }
+            eprintln!(
+                "MLM warm-up: {} updates in {:.0}s, loss {:.2} -> {:.2}",
+                losses.len(),
+                t0.elapsed().as_secs_f64(),
+                losses.first().copied().unwrap_or(f64::NAN),
+                losses.last().copied().unwrap_or(f64::NAN)
+            );
+        }
         evaluate(&trainer, &mut log)?;
     }
     pb.set_position((done * batch) as u64);

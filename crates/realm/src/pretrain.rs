@@ -22,7 +22,7 @@ use crate::passages::{document_of, Passage, MAX_PASSAGE_WORDPIECES};
 use crate::reader::spans::vocab_id;
 use crate::reader::{pad_rows, SpecialIds};
 use crate::refresh::{DocSnapshot, SnapshotSlot};
-use crate::retriever::passage_text;
+use crate::retriever::{passage_text, MAX_QUESTION_WORDPIECES};
 use crate::salient::{choose_span, SalientSpans};
 
 /// A sentence with one span (a byte range) to mask, and the document it came from.
@@ -591,6 +591,91 @@ pub fn read_checkpoint_state(dir: &Path) -> Result<CheckpointState> {
     let state: CheckpointState = crate::data::read_json(&file)?;
     crate::data::check_format(&file, (&state.format, state.version), (FORMAT, VERSION))?;
     Ok(state)
+}
+
+/// Share of a sentence's wordpieces masked by the plain-MLM warm-up (BERT's 15 %).
+const WARMUP_MASK_RATE: f64 = 0.15;
+
+/// Warms the fresh MLM head (and the reader's body) up with plain masked-language modelling on
+/// `sentences` before pre-training: `[CLS] x [SEP]` with 15 % of the wordpieces (at least one)
+/// masked at random, no document, `steps` AdamW updates of `batch` sentences at learning rate
+/// `lr` (linear decay). The towers are untouched. Returns the loss of every update.
+pub fn warm_up_reader(
+    models: &RealmModels,
+    sentences: &[MaskedSentence],
+    steps: usize,
+    batch: usize,
+    lr: f64,
+    rng: &mut impl rand::Rng,
+) -> Result<Vec<f64>> {
+    if sentences.is_empty() || batch == 0 {
+        return Err(RealmError::Invalid(
+            "the MLM warm-up needs sentences".into(),
+        ));
+    }
+    let mut optimizer = AdamW::new(
+        &[("reader.", models.reader.varmap(), 1.0)],
+        AdamWConfig::default(),
+    )?;
+    let tokenizer = models.docs.body().tokenizer();
+    let sp = models.specials;
+    let device = models.reader.bert().word_embeddings().device().clone();
+    let mut losses = Vec::with_capacity(steps);
+    for step in 0..steps {
+        let mut rows = Vec::with_capacity(batch);
+        let (mut positions, mut targets) = (Vec::new(), Vec::new());
+        for i in 0..batch {
+            let s = &sentences[(step * batch + i) % sentences.len()];
+            let enc = tokenizer
+                .encode(s.text.as_str(), false)
+                .map_err(|e| RealmError::Tokenizer(e.to_string()))?;
+            let mut ids = vec![sp.cls];
+            ids.extend(&enc.get_ids()[..enc.len().min(MAX_QUESTION_WORDPIECES - 2)]);
+            ids.push(sp.sep);
+            let inner = 1..ids.len() - 1;
+            let mut chosen: Vec<usize> = inner
+                .clone()
+                .filter(|_| rng.random_bool(WARMUP_MASK_RATE))
+                .collect();
+            if chosen.is_empty() && !inner.is_empty() {
+                chosen.push(rng.random_range(inner));
+            }
+            for p in chosen {
+                targets.push(ids[p]);
+                ids[p] = sp.mask;
+                positions.push((i, p));
+            }
+            rows.push(ids);
+        }
+        let types: Vec<Vec<u32>> = rows.iter().map(|ids| vec![0; ids.len()]).collect();
+        let refs: Vec<(&[u32], &[u32])> = rows
+            .iter()
+            .zip(&types)
+            .map(|(ids, t)| (ids.as_slice(), t.as_slice()))
+            .collect();
+        let b = pad_rows(&refs, sp.pad, &device)?;
+        let (_, logits) = models
+            .reader
+            .forward(&b.ids, &b.type_ids, &b.mask, Mode::Train)?;
+        let t = logits.dim(1)?;
+        // Flat positions in the padded batch, in the order the targets were drawn.
+        let flat: Vec<u32> = positions
+            .iter()
+            .map(|&(row, p)| (row * t + p) as u32)
+            .collect();
+        if flat.is_empty() {
+            continue;
+        }
+        let loss = BertForMaskedLM::masked_lm_loss(
+            &logits,
+            &Tensor::new(flat.as_slice(), &device)?,
+            &Tensor::new(targets.as_slice(), &device)?,
+        )?;
+        let grads = loss.backward()?;
+        optimizer.step(&grads, lr * (steps - step) as f64 / steps as f64)?;
+        losses.push(loss.to_scalar::<f32>()? as f64);
+    }
+    Ok(losses)
 }
 
 /// Sentences of `text`: cut after `.`, `!` or `?` followed by white space and a capital letter.

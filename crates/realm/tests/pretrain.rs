@@ -8,11 +8,12 @@ use ralm_models::bert::{load_tokenizer, BertForMaskedLM, Mode, Pooling};
 use ralm_realm::finetune::query::QueryTower;
 use ralm_realm::passages::Passage;
 use ralm_realm::pretrain::{
-    exclude_document, mask_sentence, MaskedSentence, PretrainConfig, Pretrainer, RealmModels,
-    Specials,
+    exclude_document, mask_sentence, warm_up_reader, MaskedSentence, PretrainConfig, Pretrainer,
+    RealmModels, Specials,
 };
 use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot};
 use ralm_realm::retriever::{passage_text, DenseEncoder};
+use rand::SeedableRng;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -429,4 +430,56 @@ fn held_out_accuracy_counts_masked_wordpieces_and_rises_as_the_reader_learns() {
         (3, 3),
         "{before:?} -> {after:?}"
     );
+}
+
+#[test]
+fn mlm_warm_up_trains_the_reader_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = models(tmp.path());
+    let tensors = |v: &candle_nn::VarMap| -> Vec<Vec<f32>> {
+        let vars = v.data().lock().unwrap();
+        let mut names: Vec<&String> = vars.keys().collect();
+        names.sort();
+        names
+            .iter()
+            .map(|n| {
+                vars[*n]
+                    .as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (input, docs, reader) = (
+        tensors(m.input.body().varmap()),
+        tensors(m.docs.body().varmap()),
+        tensors(m.reader.varmap()),
+    );
+    let sentences = vec![
+        sentence(),
+        MaskedSentence {
+            text: "berlin is the capital of germany.".into(),
+            span: (0, 6),
+            document: "germany".into(),
+        },
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let losses = warm_up_reader(&m, &sentences, 200, 2, 1e-2, &mut rng).unwrap();
+    assert_eq!(losses.len(), 200);
+    let first: f64 = losses[..10].iter().sum::<f64>() / 10.0;
+    let last: f64 = losses[190..].iter().sum::<f64>() / 10.0;
+    assert!(last < 0.5 * first, "MLM loss {first:.3} -> {last:.3}");
+    assert_eq!(
+        tensors(m.input.body().varmap()),
+        input,
+        "input tower changed"
+    );
+    assert_eq!(
+        tensors(m.docs.body().varmap()),
+        docs,
+        "document tower changed"
+    );
+    assert_ne!(tensors(m.reader.varmap()), reader, "reader unchanged");
 }
