@@ -288,6 +288,15 @@ fn probabilities_match_brute_force_formula() {
     knn.params.lambda = 1.0;
     let g = knn.generate(ctx, 8, &mut Sampler::Greedy, None).unwrap();
     assert_eq!(g.len(), 8);
+    // Streaming with a λ of the caller's: λ = 0 is the base model whatever the datastore's λ,
+    // and the callback stops the loop.
+    let mut streamed = Vec::new();
+    knn.generate_with(ctx, 8, 0.0, &mut Sampler::Greedy, None, &mut |t| {
+        streamed.push(t);
+        streamed.len() < 3
+    })
+    .unwrap();
+    assert_eq!(streamed, b[..3]);
     let text_lp = knn.score_text(&text_of(&eval)).unwrap();
     assert_eq!(text_lp.len(), eval.len() - 1);
 }

@@ -1,15 +1,9 @@
 //! kNN-LM work behind `/v1/lm/*`: scoring a text with a chosen λ, and generation one token at
-//! a time (KV cache) so each token can be streamed as soon as it is drawn.
-//!
-//! `KnnLm::generate` returns the whole continuation and mixes with the datastore's own λ, so
-//! the step here rebuilds its loop from the model's public pieces (forward with a KV cache,
-//! logits, datastore search, `knn_distribution`, `mix_into_log_probs`) with a per-token callback
-//! and the request's λ.
+//! a time (`KnnLm::generate_with`: KV cache, the request's λ) so each token can be streamed as
+//! soon as it is drawn.
 
-use candle_core::{DType, Tensor};
-use ralm_knn::knnlm::mixture::{knn_distribution, mix_into_log_probs};
 use ralm_knn::knnlm::KnnLm;
-use ralm_models::llama::{ForwardOptions, KeyKind, Sampler};
+use ralm_models::llama::Sampler;
 
 use crate::api::ScoreResponse;
 use crate::error::ApiError;
@@ -17,10 +11,6 @@ use crate::error::ApiError;
 /// Windows per forward pass and targets per pipelined chunk when scoring a request's text.
 const SCORE_BATCH: usize = 8;
 const SCORE_CHUNK_TOKENS: usize = 1024;
-
-fn model_err(e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(e.to_string())
-}
 
 fn perplexity(log_probs: &[f32]) -> f64 {
     let nll: f64 = log_probs.iter().map(|&l| -(l as f64)).sum();
@@ -65,13 +55,6 @@ pub fn score(
     })
 }
 
-/// `log_softmax` of a logits vector.
-fn log_softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln() + max;
-    logits.iter().map(|&l| l - lse).collect()
-}
-
 /// Generation settings of one request.
 pub struct GenerateSpec {
     /// Prompt token ids (non-empty).
@@ -84,8 +67,9 @@ pub struct GenerateSpec {
     pub sampler: Sampler,
 }
 
-/// Draws up to `spec.max_new` tokens from the kNN-LM, calling `emit` with each as soon as it is
-/// drawn; stops after the tokenizer's end-of-sequence token or when `emit` returns false.
+/// Draws up to `spec.max_new` tokens from the kNN-LM with the request's λ, calling `emit` with
+/// each as soon as it is drawn; stops after the tokenizer's end-of-sequence token or when `emit`
+/// returns false.
 pub fn generate(
     knn: &KnnLm,
     mut spec: GenerateSpec,
@@ -94,55 +78,14 @@ pub fn generate(
     if spec.prompt.is_empty() {
         return Err(ApiError::bad_request("`prompt` encodes to no tokens"));
     }
-    let lm = &knn.lm;
-    let kind = knn.datastore.key_kind()?;
-    let opts = ForwardOptions {
-        capture_ffn_input: kind == KeyKind::FfnInput,
-        left_padding: Vec::new(),
-    };
-    let p = &knn.params;
-    let stop = knn.tokenizer.eos_id();
-    let mut cache = lm.new_cache();
-    let mut input = std::mem::take(&mut spec.prompt);
-    let mut pos = 0;
-    for _ in 0..spec.max_new {
-        let t = input.len();
-        let ids = Tensor::new(input.as_slice(), lm.device())
-            .and_then(|x| x.unsqueeze(0))
-            .map_err(model_err)?;
-        let out = lm.forward_with(&ids, pos, Some(&mut cache), &opts)?;
-        pos += t;
-        let last = |x: &Tensor| x.get(0).and_then(|r| r.get(t - 1)).map_err(model_err);
-        let hidden = last(&out.hidden)?;
-        let key = match (kind, &out.ffn_input) {
-            (KeyKind::FfnInput, Some(f)) => last(f)?,
-            _ => hidden.clone(),
-        };
-        let logits = lm
-            .logits(&hidden.unsqueeze(0).map_err(model_err)?)?
-            .squeeze(0)
-            .and_then(|l| l.to_dtype(DType::F32))
-            .and_then(|l| l.to_vec1::<f32>())
-            .map_err(model_err)?;
-        let mut lp = log_softmax(&logits);
-        let q = key
-            .to_dtype(DType::F32)
-            .and_then(|k| k.to_vec1::<f32>())
-            .map_err(model_err)?;
-        let nb = knn.datastore.search(&q, p.k, &p.search)?;
-        mix_into_log_probs(
-            &mut lp,
-            &knn_distribution(&nb.scores, &nb.tokens, p.temperature),
-            spec.lambda,
-        );
-        let n = lp.len();
-        let dist = Tensor::from_vec(lp, n, lm.device()).map_err(model_err)?;
-        let next = spec.sampler.sample(&dist)?;
-        if !emit(next) || Some(next) == stop {
-            break;
-        }
-        input = vec![next];
-    }
+    knn.generate_with(
+        &spec.prompt,
+        spec.max_new,
+        spec.lambda,
+        &mut spec.sampler,
+        knn.tokenizer.eos_id(),
+        emit,
+    )?;
     Ok(())
 }
 
@@ -151,11 +94,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn log_softmax_normalises() {
-        let lp = log_softmax(&[1.0, 2.0, 3.0]);
-        let z: f32 = lp.iter().map(|l| l.exp()).sum();
-        assert!((z - 1.0).abs() < 1e-6);
-        assert!((lp[2] - lp[1] - 1.0).abs() < 1e-6);
+    fn perplexity_is_the_exponentiated_mean_negative_log_probability() {
         assert!((perplexity(&[-(2.0f32).ln(), -(2.0f32).ln()]) - 2.0).abs() < 1e-6);
+        assert!((perplexity(&[-(2.0f32).ln(), -(8.0f32).ln()]) - 4.0).abs() < 1e-6);
     }
 }

@@ -228,8 +228,9 @@ impl KnnLm {
         Ok((hidden, key))
     }
 
-    /// Mixed log-probabilities over the vocabulary from a final hidden state and a key.
-    fn mixed_log_probs(&self, hidden: &Tensor, key: &Tensor) -> Result<Vec<f32>> {
+    /// Log-probabilities over the vocabulary from a final hidden state and a key, mixed with
+    /// weight `lambda` on p_kNN.
+    fn mixed_log_probs(&self, hidden: &Tensor, key: &Tensor, lambda: f32) -> Result<Vec<f32>> {
         let logits = self.lm.logits(&hidden.unsqueeze(0)?)?.squeeze(0)?;
         let max = logits.max_keepdim(D::Minus1)?;
         let shifted = logits.broadcast_sub(&max)?;
@@ -239,7 +240,7 @@ impl KnnLm {
         let q = key.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
         let nb = self.datastore.search(&q, p.k, &p.search)?;
         let knn = knn_distribution(&nb.scores, &nb.tokens, p.temperature);
-        mix_into_log_probs(&mut lp, &knn, p.lambda);
+        mix_into_log_probs(&mut lp, &knn, lambda);
         Ok(lp)
     }
 
@@ -252,7 +253,7 @@ impl KnnLm {
         }
         let ids = Tensor::new(context, self.lm.device())?.unsqueeze(0)?;
         let (hidden, key) = self.last_key(&ids, 0, None)?;
-        self.mixed_log_probs(&hidden, &key)
+        self.mixed_log_probs(&hidden, &key, self.params.lambda)
     }
 
     /// Continues `prompt` ids by up to `max_new` tokens drawn from the kNN-LM distribution
@@ -264,28 +265,52 @@ impl KnnLm {
         sampler: &mut Sampler,
         stop: Option<u32>,
     ) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(max_new);
+        self.generate_with(
+            prompt,
+            max_new,
+            self.params.lambda,
+            sampler,
+            stop,
+            &mut |t| {
+                out.push(t);
+                true
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// [`generate`](Self::generate) with weight `lambda` on p_kNN, handing each token to `emit`
+    /// as soon as it is drawn; stops after `stop` or when `emit` returns false.
+    pub fn generate_with(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        lambda: f32,
+        sampler: &mut Sampler,
+        stop: Option<u32>,
+        emit: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<()> {
         if prompt.is_empty() {
             return Err(KnnError::Invalid(
                 "generation needs a non-empty prompt".into(),
             ));
         }
         let mut cache = self.lm.new_cache();
-        let mut out = Vec::with_capacity(max_new);
         let mut input = prompt.to_vec();
         let mut pos = 0;
-        while out.len() < max_new {
+        for _ in 0..max_new {
             let ids = Tensor::new(input.as_slice(), self.lm.device())?.unsqueeze(0)?;
             let (hidden, key) = self.last_key(&ids, pos, Some(&mut cache))?;
             pos += input.len();
-            let lp = self.mixed_log_probs(&hidden, &key)?;
+            let lp = self.mixed_log_probs(&hidden, &key, lambda)?;
             let n = lp.len();
             let next = sampler.sample(&Tensor::from_vec(lp, n, self.lm.device())?)?;
-            out.push(next);
-            if Some(next) == stop {
+            if !emit(next) || Some(next) == stop {
                 break;
             }
             input = vec![next];
         }
-        Ok(out)
+        Ok(())
     }
 }
