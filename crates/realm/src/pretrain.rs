@@ -11,7 +11,7 @@ use std::sync::Arc;
 use candle_core::{Tensor, D};
 use ralm_models::bert::{BertForMaskedLM, Mode, TokenBatch};
 use serde::{Deserialize, Serialize};
-use tokenizers::Tokenizer;
+use tokenizers::{Encoding, Tokenizer};
 
 use crate::error::{RealmError, Result};
 use crate::finetune::adamw::{linear_schedule, AdamW, AdamWConfig};
@@ -140,6 +140,25 @@ impl SentenceLoss {
 }
 
 impl RealmModels {
+    /// `[CLS] x [SEP]`: the input tower's and the reader's view of masked sentence `x`.
+    fn query_ids(&self, x: &MaskedTokens) -> Vec<u32> {
+        let mut query = Vec::with_capacity(x.ids.len() + 2);
+        query.push(self.specials.cls);
+        query.extend(&x.ids);
+        query.push(self.specials.sep);
+        query
+    }
+
+    /// The input tower's unit vector `[1, dim]` of `query` ids.
+    fn embed_query(&self, query: &[u32], mode: Mode) -> Result<Tensor> {
+        let zeros = vec![0u32; query.len()];
+        let device = self.reader.bert().word_embeddings().device();
+        self.input.embed_batch(
+            &pad_rows(&[(query, &zeros)], self.specials.pad, device)?,
+            mode,
+        )
+    }
+
     /// `log p(z|x)` `[n]` and the reader's log-probabilities `[n, masked, vocab]` at the masked
     /// wordpieces, for the candidates `docs` plus the null document (last), and the wordpieces
     /// read. `mode` sets dropout and differentiable ops for all three models.
@@ -152,31 +171,32 @@ impl RealmModels {
         let sp = self.specials;
         let device = self.reader.bert().word_embeddings().device().clone();
         // p(z|x): the masked sentence against every candidate and the empty document.
-        let mut query = vec![sp.cls];
-        query.extend(&x.ids);
-        query.push(sp.sep);
-        let zeros = vec![0u32; query.len()];
-        let q = self
-            .input
-            .embed_batch(&pad_rows(&[(&query, &zeros)], sp.pad, &device)?, mode)?;
+        let query = self.query_ids(x);
+        let q = self.embed_query(&query, mode)?;
         let mut texts: Vec<String> = docs.iter().map(|p| passage_text(p)).collect();
         texts.push(String::new());
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let d = self.docs.embed(&refs, mode)?;
+        // One tokenization serves both: `[CLS] z [SEP]` for the document tower, its inner
+        // wordpieces for the reader.
+        let doc_enc = self
+            .docs
+            .body()
+            .tokenizer()
+            .encode_batch(refs, true)
+            .map_err(|e| RealmError::Tokenizer(e.to_string()))?;
+        let doc_refs: Vec<&Encoding> = doc_enc.iter().collect();
+        let d = self
+            .docs
+            .embed_batch(&TokenBatch::new(&doc_refs, sp.pad, &device)?, mode)?;
         let scores = (d.matmul(&q.t()?)?.squeeze(1)? * self.scale)?;
         let log_p_z = candle_nn::ops::log_softmax(&scores, D::Minus1)?;
 
         // The reader over [CLS] x [SEP] z [SEP] for every candidate.
-        let doc_ids = self
-            .docs
-            .body()
-            .tokenizer()
-            .encode_batch(refs.clone(), false)
-            .map_err(|e| RealmError::Tokenizer(e.to_string()))?;
-        let rows: Vec<(Vec<u32>, Vec<u32>)> = doc_ids
+        let rows: Vec<(Vec<u32>, Vec<u32>)> = doc_enc
             .iter()
             .map(|e| {
-                let z = &e.get_ids()[..e.len().min(self.max_doc_pieces)];
+                let inner = &e.get_ids()[1..e.len() - 1];
+                let z = &inner[..inner.len().min(self.max_doc_pieces)];
                 let mut ids = query.clone();
                 ids.extend(z);
                 ids.push(sp.sep);
@@ -204,10 +224,10 @@ impl RealmModels {
             .index_select(&Tensor::new(flat.as_slice(), &device)?, 0)?;
         let log_probs =
             candle_nn::ops::log_softmax(&picked, D::Minus1)?.reshape((n, x.positions.len(), v))?;
-        // Input tower, reader rows, document tower (its inputs add [CLS] and [SEP]).
+        // Input tower, reader rows, document tower.
         let tokens = query.len()
             + rows.iter().map(|r| r.0.len()).sum::<usize>()
-            + doc_ids.iter().map(|e| e.len() + 2).sum::<usize>();
+            + doc_enc.iter().map(|e| e.len()).sum::<usize>();
         Ok((log_p_z, log_probs, tokens))
     }
 
@@ -391,19 +411,9 @@ impl<'a> Pretrainer<'a> {
         x: &MaskedTokens,
         document: &str,
     ) -> Result<Vec<usize>> {
-        let sp = self.models.specials;
-        let mut query = vec![sp.cls];
-        query.extend(&x.ids);
-        query.push(sp.sep);
-        let zeros = vec![0u32; query.len()];
-        let device = self.models.reader.bert().word_embeddings().device().clone();
-        let q = self
-            .models
-            .input
-            .embed_batch(
-                &pad_rows(&[(&query, &zeros)], sp.pad, &device)?,
-                Mode::Inference,
-            )?
+        let m = &self.models;
+        let q = m
+            .embed_query(&m.query_ids(x), Mode::Inference)?
             .flatten_all()?
             .to_vec1::<f32>()?;
         let ranked: Vec<usize> = snapshot
@@ -672,7 +682,7 @@ pub fn warm_up_reader(
             &Tensor::new(targets.as_slice(), &device)?,
         )?;
         let grads = loss.backward()?;
-        optimizer.step(&grads, lr * (steps - step) as f64 / steps as f64)?;
+        optimizer.step(&grads, linear_schedule(step, 0, steps, lr))?;
         losses.push(loss.to_scalar::<f32>()? as f64);
     }
     Ok(losses)
