@@ -9,13 +9,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use ralm_models::bert::{BertForMaskedLM, Pooling};
+use ralm_models::bert::Pooling;
 use ralm_realm::data::shared_data_dir;
-use ralm_realm::finetune::query::QueryTower;
 use ralm_realm::passages::MAX_PASSAGE_WORDPIECES;
 use ralm_realm::pretrain::{
     masked_sentences, read_checkpoint_state, warm_up_reader, PretrainConfig, Pretrainer,
-    RealmModels, Specials,
+    RealmModels,
 };
 use ralm_realm::qa_index::QaIndex;
 use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot};
@@ -382,8 +381,10 @@ pub struct PretrainArgs {
     /// start and at every checkpoint, with retrieval and with the null document only.
     #[arg(long, default_value_t = 40)]
     eval_sentences: usize,
-    /// Continue from the checkpoint in --out (models, optimizer state, updates taken; the same
-    /// sentences are rebuilt from the seed and the run goes on with the next batch).
+    /// Continue from the checkpoint in --out: its models, optimizer state, updates taken, k,
+    /// learning rates and input settings replace those given here. Give the same --seed,
+    /// --batch and --sentences (or more, to train further): the same sentences are rebuilt and
+    /// the run goes on with the next batch.
     #[arg(long)]
     resume: bool,
 }
@@ -408,7 +409,8 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     passages.truncate((a.sentences + a.eval_sentences).div_ceil(2).max(1));
     let finder = SalientSpans::new(tagger);
     let mut sentences = masked_sentences(&passages, &finder, 6..=60, PREDICT_BATCH, &mut rng)?;
-    if sentences.len() <= a.sentences {
+    // The training sentences, and at least one held-out sentence when any are asked for.
+    if sentences.len() < a.sentences + usize::from(a.eval_sentences > 0) {
         anyhow::bail!(
             "{} sentences of 6 to 60 words in the sampled passages: fewer than --sentences {} \
              plus held-out ones",
@@ -423,18 +425,6 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         .collect();
     let batch = a.batch.max(1);
     let total = sentences.len().div_ceil(batch);
-    let mut docs = QueryTower::load(&a.encoder, Pooling::Mean, &device)?;
-    docs.set_max_len(MAX_PASSAGE_WORDPIECES)?;
-    let reader = BertForMaskedLM::load(&a.encoder, &device)?;
-    let pad = reader.bert().config().pad_token_id;
-    let models = RealmModels {
-        specials: Specials::of(docs.body().tokenizer(), pad)?,
-        reader,
-        input: QueryTower::load(&a.encoder, Pooling::Mean, &device)?,
-        docs,
-        max_doc_pieces: a.max_doc_pieces,
-        scale: a.scale,
-    };
     let config = PretrainConfig {
         k: a.k,
         lr: a.lr,
@@ -466,7 +456,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     let mut trainer = if a.resume {
         read_checkpoint_state(&checkpoint)
             .with_context(|| format!("--resume: no checkpoint in {}", a.out.display()))?;
-        Pretrainer::resume(&corpus, slot, &checkpoint, models, Some(total))?
+        Pretrainer::resume(&corpus, slot, &checkpoint, &device, Some(total))?
     } else {
         if checkpoint.exists() {
             anyhow::bail!(
@@ -474,6 +464,15 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
                 a.out.display()
             );
         }
+        let encoder = a.encoder.as_path();
+        let models = RealmModels::load(
+            [encoder, encoder, encoder],
+            Pooling::Mean,
+            MAX_PASSAGE_WORDPIECES,
+            a.max_doc_pieces,
+            a.scale,
+            &device,
+        )?;
         Pretrainer::new(&corpus, slot, models, config)?
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;

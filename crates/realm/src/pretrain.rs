@@ -8,8 +8,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::{Tensor, D};
-use ralm_models::bert::{BertForMaskedLM, Mode, TokenBatch};
+use candle_core::{Device, Tensor, D};
+use ralm_models::bert::{BertForMaskedLM, Mode, Pooling, TokenBatch};
 use serde::{Deserialize, Serialize};
 use tokenizers::{Encoding, Tokenizer};
 
@@ -140,6 +140,40 @@ impl SentenceLoss {
 }
 
 impl RealmModels {
+    /// Loads the reader (HF BERT directory, MLM head fresh when absent) and both towers (HF BERT
+    /// directories pooled with `pooling`; documents cut to `doc_max_len` wordpieces), e.g. all
+    /// three from the starting encoder or from a checkpoint.
+    pub fn load(
+        dirs: [&Path; 3],
+        pooling: Pooling,
+        doc_max_len: usize,
+        max_doc_pieces: usize,
+        scale: f64,
+        device: &Device,
+    ) -> Result<Self> {
+        let [reader, input, docs] = dirs;
+        let reader = BertForMaskedLM::load(reader, device)?;
+        let mut docs = QueryTower::load(docs, pooling, device)?;
+        docs.set_max_len(doc_max_len)?;
+        Ok(Self {
+            specials: Specials::of(docs.body().tokenizer(), reader.bert().config().pad_token_id)?,
+            reader,
+            input: QueryTower::load(input, pooling, device)?,
+            docs,
+            max_doc_pieces,
+            scale,
+        })
+    }
+
+    /// Wordpieces the document tower reads of a document (its tokenizer's truncation).
+    fn doc_max_len(&self) -> usize {
+        self.docs
+            .body()
+            .tokenizer()
+            .get_truncation()
+            .map_or(MAX_PASSAGE_WORDPIECES, |t| t.max_length)
+    }
+
     /// `[CLS] x [SEP]`: the input tower's and the reader's view of masked sentence `x`.
     fn query_ids(&self, x: &MaskedTokens) -> Vec<u32> {
         let mut query = Vec::with_capacity(x.ids.len() + 2);
@@ -502,11 +536,16 @@ impl<'a> Pretrainer<'a> {
     /// (HF BERT directories), `optimizer.safetensors` (AdamW moments and step) and
     /// `pretrain.json` (format, settings, updates taken).
     pub fn save(&self, dir: &Path) -> Result<()> {
+        let m = &self.models;
         let state = CheckpointState {
             format: FORMAT.into(),
             version: VERSION,
             step: self.step_count(),
             config: self.config.clone(),
+            pooling: format!("{:?}", m.docs.pooling()).to_lowercase(),
+            doc_max_len: m.doc_max_len(),
+            max_doc_pieces: m.max_doc_pieces,
+            scale: m.scale,
         };
         let bytes = serde_json::to_vec_pretty(&state)
             .map_err(|e| RealmError::Invalid(format!("pre-training state: {e}")))?;
@@ -524,40 +563,39 @@ impl<'a> Pretrainer<'a> {
         })
     }
 
-    /// Continues from the checkpoint `dir` (models, optimizer moments, updates taken) with the
-    /// special ids, document lengths, pooling and scale of `like` (its weights are replaced by
-    /// the checkpoint's); `total_steps` may be raised to train further.
+    /// Continues from the checkpoint `dir`: the models and how they read their inputs, the
+    /// optimizer moments, the settings and the updates taken; `total_steps` may be raised to
+    /// train further.
     pub fn resume(
         passages: &'a [Passage],
         slot: Arc<SnapshotSlot>,
         dir: &Path,
-        like: RealmModels,
+        device: &Device,
         total_steps: Option<usize>,
     ) -> Result<Self> {
         let state = read_checkpoint_state(dir)?;
-        let device = like.reader.bert().word_embeddings().device().clone();
-        let pooling = like.docs.pooling();
-        let mut docs = QueryTower::load(&dir.join(DOCS_DIR), pooling, &device)?;
-        let doc_len = like
-            .docs
-            .body()
-            .tokenizer()
-            .get_truncation()
-            .map_or(MAX_PASSAGE_WORDPIECES, |t| t.max_length);
-        docs.set_max_len(doc_len)?;
-        let models = RealmModels {
-            reader: BertForMaskedLM::load(&dir.join(READER_DIR), &device)?,
-            input: QueryTower::load(&dir.join(INPUT_DIR), like.input.pooling(), &device)?,
-            docs,
-            ..like
-        };
+        let pooling: Pooling = state.pooling.parse().map_err(|e: String| {
+            RealmError::format(&dir.join(STATE_FILE), format!("pooling: {e}"))
+        })?;
+        let models = RealmModels::load(
+            [
+                &dir.join(READER_DIR),
+                &dir.join(INPUT_DIR),
+                &dir.join(DOCS_DIR),
+            ],
+            pooling,
+            state.doc_max_len,
+            state.max_doc_pieces,
+            state.scale,
+            device,
+        )?;
         let mut config = state.config;
         if let Some(t) = total_steps {
             config.total_steps = t;
         }
         let mut trainer = Self::new(passages, slot, models, config)?;
         let path = dir.join(OPTIMIZER_FILE);
-        let tensors = candle_core::safetensors::load(&path, &device)
+        let tensors = candle_core::safetensors::load(&path, device)
             .map_err(|e| RealmError::format(&path, e.to_string()))?;
         trainer
             .optimizer
@@ -585,10 +623,18 @@ pub struct CheckpointState {
     /// Updates taken.
     pub step: usize,
     pub config: PretrainConfig,
+    /// Pooling of both towers (`mean` or `cls`).
+    pub pooling: String,
+    /// Wordpieces the document tower reads of a document.
+    pub doc_max_len: usize,
+    /// Most wordpieces of a document in the reader's input.
+    pub max_doc_pieces: usize,
+    /// Scale of inner products in `p(z|x)`.
+    pub scale: f64,
 }
 
 const FORMAT: &str = "ralm-realm-pretrain";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const STATE_FILE: &str = "pretrain.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const READER_DIR: &str = "reader";

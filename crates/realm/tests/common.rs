@@ -78,3 +78,29 @@ pub fn without_gradient(
     names.sort();
     names
 }
+
+/// Re-draws every variable of two or more dimensions of `varmap` from N(0, `std`) with `seed`
+/// (biases and norms keep their values), so a model built with unseeded initialisation (candle's
+/// CPU generator cannot be seeded) behaves the same in every run.
+pub fn reseed(varmap: &candle_nn::VarMap, seed: u64, std: f64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let vars = varmap.data().lock().unwrap();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &vars[name];
+        if var.rank() < 2 {
+            continue;
+        }
+        let values: Vec<f32> = (0..var.elem_count())
+            .map(|_| {
+                let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+                let u2: f64 = rng.random();
+                (std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+            })
+            .collect();
+        let t = candle_core::Tensor::from_vec(values, var.shape(), var.device()).unwrap();
+        var.set(&t).unwrap();
+    }
+}
