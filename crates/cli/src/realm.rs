@@ -264,16 +264,22 @@ fn ner_train(a: NerTrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ner_eval(a: NerEvalArgs) -> anyhow::Result<()> {
-    let sentences = conll_file(&a.data, &a.split)?;
-    let tagger = EntityTagger::load(&a.tagger, &CONLL_LABELS, 0, &crate::device::current())
-        .with_context(|| format!("loading tagger {}", a.tagger.display()))?;
-    if !a.tagger.join("tagger.json").is_file() {
+/// A trained tagger (`ralm realm ner-train`): a plain BERT directory would load with a random
+/// head, so one without `tagger.json` is refused before anything is loaded.
+fn load_tagger(dir: &std::path::Path) -> anyhow::Result<EntityTagger> {
+    if !dir.join("tagger.json").is_file() {
         anyhow::bail!(
             "{} is not a trained tagger (no tagger.json): train one with `ralm realm ner-train`",
-            a.tagger.display()
+            dir.display()
         );
     }
+    EntityTagger::load(dir, &CONLL_LABELS, 0, &crate::device::current())
+        .with_context(|| format!("loading tagger {}", dir.display()))
+}
+
+fn ner_eval(a: NerEvalArgs) -> anyhow::Result<()> {
+    let sentences = conll_file(&a.data, &a.split)?;
+    let tagger = load_tagger(&a.tagger)?;
     let started = Instant::now();
     let scores = score(&tagger, &sentences)?;
     print_scores(&a.split, &scores);
@@ -294,13 +300,7 @@ fn ner_eval(a: NerEvalArgs) -> anyhow::Result<()> {
 }
 
 fn spans(a: SpansArgs) -> anyhow::Result<()> {
-    let tagger = match &a.tagger {
-        Some(dir) => Some(
-            EntityTagger::load(dir, &CONLL_LABELS, 0, &crate::device::current())
-                .with_context(|| format!("loading tagger {}", dir.display()))?,
-        ),
-        None => None,
-    };
+    let tagger = a.tagger.as_deref().map(load_tagger).transpose()?;
     let finder = SalientSpans::new(tagger);
     let texts: Vec<&str> = a.texts.iter().map(String::as_str).collect();
     let found = finder.find(&texts)?;
@@ -395,13 +395,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading encoder {}", a.encoder.display()))?;
     let index = QaIndex::open(&a.index, &document)
         .with_context(|| format!("opening QA index {}", a.index.display()))?;
-    let tagger = match &a.tagger {
-        Some(dir) => Some(
-            EntityTagger::load(dir, &CONLL_LABELS, 0, &device)
-                .with_context(|| format!("loading tagger {}", dir.display()))?,
-        ),
-        None => None,
-    };
+    let tagger = a.tagger.as_deref().map(load_tagger).transpose()?;
     let mut rng = StdRng::seed_from_u64(a.seed);
     let mut passages = index.passages().to_vec();
     passages.shuffle(&mut rng);

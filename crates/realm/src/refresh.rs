@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -189,12 +189,6 @@ impl Refresher {
 
     /// The refreshes finished since the last call.
     pub fn finished(&self) -> Vec<Result<RefreshReport>> {
-        let mut out = Vec::new();
-        loop {
-            match self.reports.try_recv() {
-                Ok(r) => out.push(r),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return out,
-            }
-        }
+        self.reports.try_iter().collect()
     }
 }
