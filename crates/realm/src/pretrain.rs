@@ -553,10 +553,7 @@ impl<'a> Pretrainer<'a> {
             self.models.reader.save(&tmp.join(READER_DIR))?;
             self.models.input.save(&tmp.join(INPUT_DIR))?;
             self.models.docs.save(&tmp.join(DOCS_DIR))?;
-            ralm_models::weights::save_safetensors(
-                &tmp.join(OPTIMIZER_FILE),
-                &self.optimizer.state()?,
-            )?;
+            self.optimizer.save_file(&tmp.join(OPTIMIZER_FILE))?;
             write_atomic(&tmp.join(STATE_FILE), |w| {
                 std::io::Write::write_all(w, &bytes)
             })
@@ -595,12 +592,7 @@ impl<'a> Pretrainer<'a> {
         }
         let mut trainer = Self::new(passages, slot, models, config)?;
         let path = dir.join(OPTIMIZER_FILE);
-        let tensors = candle_core::safetensors::load(&path, device)
-            .map_err(|e| RealmError::format(&path, e.to_string()))?;
-        trainer
-            .optimizer
-            .load_state(&tensors)
-            .map_err(|e| RealmError::format(&path, e.to_string()))?;
+        trainer.optimizer.load_file(&path)?;
         if trainer.step_count() != state.step {
             return Err(RealmError::format(
                 &path,

@@ -133,6 +133,25 @@ impl AdamW {
         Ok(out)
     }
 
+    /// Writes [`state`](Self::state) to the safetensors file `path`.
+    pub fn save_file(&self, path: &std::path::Path) -> Result<()> {
+        Ok(ralm_models::weights::save_safetensors(
+            path,
+            &self.state()?,
+        )?)
+    }
+
+    /// Restores the state saved in the safetensors file `path` (see
+    /// [`save_file`](Self::save_file)); errors name the file.
+    pub fn load_file(&mut self, path: &std::path::Path) -> Result<()> {
+        let device = self.params.first().map(|p| p.var.device().clone());
+        let device = device.unwrap_or(candle_core::Device::Cpu);
+        let tensors = candle_core::safetensors::load(path, &device)
+            .map_err(|e| RealmError::format(path, e.to_string()))?;
+        self.load_state(&tensors)
+            .map_err(|e| RealmError::format(path, e.to_string()))
+    }
+
     /// Restores a state written by [`state`](Self::state); every moment must be present with
     /// the variable's shape.
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {

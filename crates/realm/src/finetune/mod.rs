@@ -302,12 +302,7 @@ impl<'a> Trainer<'a> {
             state.step,
         )?;
         let opt_path = dir.join(OPTIMIZER_FILE);
-        let tensors = candle_core::safetensors::load(&opt_path, device)
-            .map_err(|e| RealmError::format(&opt_path, e.to_string()))?;
-        trainer
-            .optimizer
-            .load_state(&tensors)
-            .map_err(|e| RealmError::format(&opt_path, e.to_string()))?;
+        trainer.optimizer.load_file(&opt_path)?;
         Ok(trainer)
     }
 
@@ -535,10 +530,7 @@ impl<'a> Trainer<'a> {
         replace_dir(&dir, |tmp| {
             self.reader.save(&tmp.join(READER_DIR))?;
             self.query.save(&tmp.join(QUERY_DIR))?;
-            ralm_models::weights::save_safetensors(
-                &tmp.join(OPTIMIZER_FILE),
-                &self.optimizer.state()?,
-            )?;
+            self.optimizer.save_file(&tmp.join(OPTIMIZER_FILE))?;
             let state = CheckpointState {
                 format: FORMAT.into(),
                 version: VERSION,
