@@ -4,7 +4,7 @@ use super::checkpoint;
 use super::config::{BertConfig, HiddenAct};
 use super::nn::{activate, dropout, embedding, linear, softmax, Dense, LayerNorm, Mode};
 use crate::{ModelError, Result};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use std::path::Path;
 
@@ -87,13 +87,13 @@ impl SelfAttention {
     fn forward(&self, x: &Tensor, mask: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let q = self.split_heads(&(self.query.forward(x)? * scale)?)?;
-        let k = self.split_heads(&self.key.forward(x)?)?;
-        let v = self.split_heads(&self.value.forward(x)?)?;
+        let q = self.split_heads(&(self.query.forward(x, mode)? * scale)?)?;
+        let k = self.split_heads(&self.key.forward(x, mode)?)?;
+        let v = self.split_heads(&self.value.forward(x, mode)?)?;
         let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
         let probs = dropout(&softmax(&scores, mode)?, self.attn_dropout, mode)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
-        let out = dropout(&self.output.forward(&ctx)?, self.hidden_dropout, mode)?;
+        let out = dropout(&self.output.forward(&ctx, mode)?, self.hidden_dropout, mode)?;
         self.norm.forward(&(out + x)?, mode)
     }
 }
@@ -126,8 +126,8 @@ impl Layer {
 
     fn forward(&self, x: &Tensor, mask: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
         let a = self.attention.forward(x, mask, mode)?;
-        let inner = activate(&self.intermediate.forward(&a)?, self.act, mode)?;
-        let out = dropout(&self.output.forward(&inner)?, self.dropout, mode)?;
+        let inner = activate(&self.intermediate.forward(&a, mode)?, self.act, mode)?;
+        let out = dropout(&self.output.forward(&inner, mode)?, self.dropout, mode)?;
         self.norm.forward(&(out + a)?, mode)
     }
 }

@@ -1,8 +1,10 @@
-//! CPU inference kernels that candle 0.11 runs slowly (scalar, one thread): used on the
-//! inference paths only, since they define no backward pass.
+//! CPU kernels for what candle 0.11 runs slowly (scalar, one thread, or as chains of
+//! allocating ops): inference GELU here, fused differentiable training ops in [`train`].
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+pub mod train;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
 const CHUNK: usize = 16 * 1024;
@@ -11,7 +13,7 @@ const CHUNK: usize = 16 * 1024;
 /// vectorisable erf (absolute error below 3e-7) on all cores; elsewhere it is candle's
 /// `gelu_erf`.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if is_cpu_f32(x) {
         x.contiguous()?.apply_op1_no_bwd(&GeluErf)
     } else {
         x.gelu_erf()
@@ -26,17 +28,26 @@ impl CustomOp1 for GeluErf {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("ralm-gelu-erf needs a contiguous f32 tensor");
-        };
-        let src = &data[start..end];
+        let src = f32_slice(storage, layout, self.name())?;
         let mut out = vec![0f32; src.len()];
         out.par_chunks_mut(CHUNK)
             .zip(src.par_chunks(CHUNK))
             .for_each(|(o, s)| gelu_slice(s, o));
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
+}
+
+/// The contiguous f32 data of a CPU tensor, or an error naming `op`.
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
+        _ => candle_core::bail!("{op} needs a contiguous f32 tensor"),
+    }
+}
+
+/// Whether the fused CPU kernels apply to `x` (an f32 tensor on the CPU).
+fn is_cpu_f32(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
 }
 
 fn gelu_slice(src: &[f32], out: &mut [f32]) {

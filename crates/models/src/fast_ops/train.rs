@@ -1,0 +1,535 @@
+//! Fused, differentiable CPU kernels for training: softmax over the last dimension, layer norm
+//! and exact-erf GELU. Each runs forward and backward as one pass over the data, where candle's
+//! differentiable versions (`ops::softmax`, `layer_norm_slow`, `gelu_erf`) chain five to ten
+//! allocating element-wise ops each way. Off the CPU, or for other dtypes, they fall back to
+//! candle's versions.
+
+use super::{erf, exp_non_positive, f32_slice, is_cpu_f32, CHUNK};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// Softmax over the last dimension, with a backward pass.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if is_cpu_f32(x) {
+        x.contiguous()?.apply_op1(Softmax)
+    } else {
+        candle_nn::ops::softmax(x, D::Minus1)
+    }
+}
+
+/// Layer norm over the last dimension, `(x − mean) / sqrt(var + eps) · weight + bias`, with
+/// gradients for all three inputs.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+    if is_cpu_f32(x) && is_cpu_f32(weight) && is_cpu_f32(bias) {
+        x.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            LayerNorm { eps },
+        )
+    } else {
+        candle_nn::ops::layer_norm_slow(x, weight, bias, eps)
+    }
+}
+
+/// Exact-erf GELU with a backward pass (the forward is [`super::gelu_erf`]'s kernel).
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if is_cpu_f32(x) {
+        x.contiguous()?.apply_op1(Gelu)
+    } else {
+        x.gelu_erf()
+    }
+}
+
+/// `x + bias` with `bias` broadcast over the rows of the last dimension, with gradients for both;
+/// the bias's gradient (the column sums) is one parallel pass instead of a strided reduction.
+pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if is_cpu_f32(x) && is_cpu_f32(bias) {
+        x.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
+    } else {
+        x.broadcast_add(bias)
+    }
+}
+
+/// Runs `f(input rows, output rows)` over chunks of whole rows of width `width`, in parallel.
+fn for_rows(src: &[f32], out: &mut [f32], width: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) {
+    let rows = (CHUNK / width.max(1)).max(1) * width.max(1);
+    out.par_chunks_mut(rows)
+        .zip(src.par_chunks(rows))
+        .for_each(|(o, s)| f(s, o));
+}
+
+/// Width of the last dimension of `layout`.
+fn last_dim(layout: &Layout) -> Result<usize> {
+    layout.shape().dims().last().copied().ok_or_else(|| {
+        candle_core::Error::Msg("a last-dimension op needs at least one dimension".into())
+    })
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "ralm-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let src = f32_slice(storage, layout, self.name())?;
+        let width = last_dim(layout)?;
+        let mut out = vec![0f32; src.len()];
+        for_rows(src, &mut out, width, |s, o| {
+            for (row, out) in s.chunks(width).zip(o.chunks_mut(width)) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (o, &v) in out.iter_mut().zip(row) {
+                    *o = exp_non_positive(v - max);
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                out.iter_mut().for_each(|o| *o *= inv);
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(y.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?))
+    }
+}
+
+/// `y · (g − Σ g·y)` per row: the softmax input's gradient from output `y` and its gradient `g`.
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "ralm-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ys: &CpuStorage,
+        yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = f32_slice(ys, yl, self.name())?;
+        let g = f32_slice(gs, gl, self.name())?;
+        let width = last_dim(yl)?;
+        let mut out = g.to_vec();
+        for_rows(y, &mut out, width, |y, o| {
+            for (y, o) in y.chunks(width).zip(o.chunks_mut(width)) {
+                let dot: f32 = y.iter().zip(o.iter()).map(|(y, g)| y * g).sum();
+                o.iter_mut().zip(y).for_each(|(o, y)| *o = y * (*o - dot));
+            }
+        });
+        Ok((CpuStorage::F32(out), yl.shape().clone()))
+    }
+}
+
+struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "ralm-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(xs, xl, self.name())?;
+        let b = f32_slice(bs, bl, self.name())?;
+        let width = last_dim(xl)?;
+        if b.len() != width {
+            candle_core::bail!("{}: bias {} for rows of {width}", self.name(), b.len());
+        }
+        let mut out = x.to_vec();
+        for_rows(x, &mut out, width, |_, o| {
+            for o in o.chunks_mut(width) {
+                o.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+            }
+        });
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        bias: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let sums = grad.contiguous()?.apply_op1_no_bwd(&ColumnSums {
+            width: bias.elem_count(),
+        })?;
+        Ok((Some(grad.clone()), Some(sums)))
+    }
+}
+
+/// Sums of the columns of a tensor seen as rows of `width`.
+struct ColumnSums {
+    width: usize,
+}
+
+impl CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "ralm-column-sums"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = f32_slice(storage, layout, self.name())?;
+        let width = self.width.max(1);
+        let chunk = (CHUNK / width).max(1) * width;
+        let sums = g
+            .par_chunks(chunk)
+            .map(|c| {
+                let mut acc = vec![0f32; width];
+                for row in c.chunks(width) {
+                    acc.iter_mut().zip(row).for_each(|(a, g)| *a += g);
+                }
+                acc
+            })
+            .reduce(
+                || vec![0f32; width],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        Ok((CpuStorage::F32(sums), Shape::from(self.width)))
+    }
+}
+
+struct LayerNorm {
+    eps: f32,
+}
+
+/// Mean and `1 / sqrt(var + eps)` of one row.
+fn moments(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "ralm-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(xs, xl, self.name())?;
+        let (w, b) = (
+            f32_slice(ws, wl, self.name())?,
+            f32_slice(bs, bl, self.name())?,
+        );
+        let width = last_dim(xl)?;
+        if w.len() != width || b.len() != width {
+            candle_core::bail!(
+                "{}: weight {} and bias {} for rows of {width}",
+                self.name(),
+                w.len(),
+                b.len()
+            );
+        }
+        let mut out = vec![0f32; x.len()];
+        for_rows(x, &mut out, width, |s, o| {
+            for (row, out) in s.chunks(width).zip(o.chunks_mut(width)) {
+                let (mean, rstd) = moments(row, self.eps);
+                for (((o, &v), &w), &b) in out.iter_mut().zip(row).zip(w).zip(b) {
+                    *o = (v - mean) * rstd * w + b;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let width = weight.elem_count();
+        let rows = x.elem_count() / width;
+        // Rows 0..rows: the input's gradient; then the weight's and the bias's.
+        let all = x.apply_op3_no_bwd(
+            weight,
+            &grad.contiguous()?,
+            &LayerNormGrad { eps: self.eps },
+        )?;
+        Ok((
+            Some(all.narrow(0, 0, rows)?.reshape(x.shape())?),
+            Some(all.get(rows)?),
+            Some(all.get(rows + 1)?),
+        ))
+    }
+}
+
+/// Layer norm's backward pass from `(x, weight, grad)`: a `[rows + 2, width]` tensor holding
+/// the input's gradient, then the weight's and the bias's.
+struct LayerNormGrad {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "ralm-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(xs, xl, self.name())?;
+        let w = f32_slice(ws, wl, self.name())?;
+        let g = f32_slice(gs, gl, self.name())?;
+        let width = w.len().max(1);
+        let rows = x.len() / width;
+        let mut out = vec![0f32; x.len() + 2 * width];
+        let (grad_x, grad_wb) = out.split_at_mut(x.len());
+        let chunk = (CHUNK / width).max(1) * width;
+        let zeros = || (vec![0f32; width], vec![0f32; width]);
+        let (grad_w, grad_b) = grad_x
+            .par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk).zip(g.par_chunks(chunk)))
+            .map(|(gx, (x, g))| {
+                let (mut gw, mut gb) = zeros();
+                for ((gx, x), g) in gx
+                    .chunks_mut(width)
+                    .zip(x.chunks(width))
+                    .zip(g.chunks(width))
+                {
+                    let (mean, rstd) = moments(x, self.eps);
+                    // With x̂ = (x − mean)·rstd and h = g·w: dx = rstd·(h − mean(h) − x̂·mean(h·x̂)).
+                    let (mut sum_h, mut sum_hx) = (0f32, 0f32);
+                    for (((gw, gb), (&x, &g)), &w) in
+                        gw.iter_mut().zip(gb.iter_mut()).zip(x.iter().zip(g)).zip(w)
+                    {
+                        let xh = (x - mean) * rstd;
+                        *gw += g * xh;
+                        *gb += g;
+                        sum_h += g * w;
+                        sum_hx += g * w * xh;
+                    }
+                    let (mean_h, mean_hx) = (sum_h / width as f32, sum_hx / width as f32);
+                    for ((gx, (&x, &g)), &w) in gx.iter_mut().zip(x.iter().zip(g)).zip(w) {
+                        let xh = (x - mean) * rstd;
+                        *gx = rstd * (g * w - mean_h - xh * mean_hx);
+                    }
+                }
+                (gw, gb)
+            })
+            .reduce(zeros, |(mut aw, mut ab), (bw, bb)| {
+                aw.iter_mut().zip(&bw).for_each(|(a, b)| *a += b);
+                ab.iter_mut().zip(&bb).for_each(|(a, b)| *a += b);
+                (aw, ab)
+            });
+        grad_wb[..width].copy_from_slice(&grad_w);
+        grad_wb[width..].copy_from_slice(&grad_b);
+        Ok((CpuStorage::F32(out), Shape::from((rows + 2, width))))
+    }
+}
+
+struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "ralm-gelu-erf-train"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        super::GeluErf.cpu_fwd(storage, layout)
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?))
+    }
+}
+
+/// `g · (Φ(x) + x·φ(x))`: GELU's input gradient from `x` and the output's gradient `g`.
+struct GeluGrad;
+
+impl CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "ralm-gelu-erf-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(xs, xl, self.name())?;
+        let g = f32_slice(gs, gl, self.name())?;
+        // 1 / sqrt(2π).
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        let mut out = g.to_vec();
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(o, x)| {
+                for (o, &x) in o.iter_mut().zip(x) {
+                    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                    let pdf = INV_SQRT_2PI * exp_non_positive(-0.5 * x * x);
+                    *o *= cdf + x * pdf;
+                }
+            });
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Pseudo-random values in [-scale, scale) from a fixed seed.
+    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    fn var(shape: &[usize], seed: u64, scale: f32) -> Var {
+        let n = shape.iter().product();
+        Var::from_vec(values(n, seed, scale), shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// Forward values and the gradients of `Σ y·c` (c random) for each input in `vars` agree
+    /// between `ours` and `reference`.
+    fn same_values_and_gradients(
+        vars: &[&Var],
+        ours: impl Fn() -> Tensor,
+        reference: impl Fn() -> Tensor,
+        tol: f32,
+    ) {
+        let (a, b) = (ours(), reference());
+        assert!(
+            max_diff(&a, &b) < tol,
+            "forward differs by {}",
+            max_diff(&a, &b)
+        );
+        let c = Tensor::from_vec(values(a.elem_count(), 99, 1.0), a.shape(), &Device::Cpu).unwrap();
+        let ga = (&a * &c).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (&b * &c).unwrap().sum_all().unwrap().backward().unwrap();
+        for (i, v) in vars.iter().enumerate() {
+            let (ga, gb) = (
+                ga.get(v.as_tensor()).unwrap(),
+                gb.get(v.as_tensor()).unwrap(),
+            );
+            let scale = gb.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            let scale: f32 = scale.to_scalar::<f32>().unwrap().max(1.0);
+            let d = max_diff(ga, gb) / scale;
+            assert!(d < tol, "gradient of input {i} differs by {d} (relative)");
+        }
+    }
+
+    #[test]
+    fn softmax_matches_candle_in_value_and_gradient() {
+        // Attention-like rows with a masked (very negative) tail.
+        let x = var(&[3, 4, 37], 1, 6.0);
+        let mask: Vec<f32> = (0..37).map(|i| if i > 30 { -1e9 } else { 0.0 }).collect();
+        let mask = Tensor::new(mask.as_slice(), &Device::Cpu).unwrap();
+        let input = || x.as_tensor().broadcast_add(&mask).unwrap();
+        same_values_and_gradients(
+            &[&x],
+            || softmax_last_dim(&input()).unwrap(),
+            || candle_nn::ops::softmax(&input(), D::Minus1).unwrap(),
+            1e-5,
+        );
+    }
+
+    #[test]
+    fn layer_norm_matches_candle_in_value_and_gradients() {
+        let x = var(&[5, 3, 48], 2, 3.0);
+        let w = var(&[48], 3, 1.5);
+        let b = var(&[48], 4, 0.5);
+        // A transposed view exercises the contiguous copy.
+        let input = || x.as_tensor().transpose(0, 1).unwrap();
+        same_values_and_gradients(
+            &[&x, &w, &b],
+            || layer_norm(&input(), &w, &b, 1e-12).unwrap(),
+            || candle_nn::ops::layer_norm_slow(&input(), &w, &b, 1e-12).unwrap(),
+            2e-4,
+        );
+    }
+
+    #[test]
+    fn bias_addition_matches_candle_in_value_and_gradients() {
+        let x = var(&[300, 17], 9, 2.0);
+        let b = var(&[17], 10, 1.0);
+        same_values_and_gradients(
+            &[&x, &b],
+            || add_bias(&x, &b).unwrap(),
+            || x.as_tensor().broadcast_add(&b).unwrap(),
+            1e-5,
+        );
+    }
+
+    #[test]
+    fn gelu_matches_candle_in_value_and_gradient() {
+        let x = var(&[7, 301], 5, 8.0);
+        same_values_and_gradients(
+            &[&x],
+            || gelu_erf(&x).unwrap(),
+            || x.as_tensor().gelu_erf().unwrap(),
+            1e-5,
+        );
+    }
+
+    #[test]
+    fn gradients_flow_through_a_chain_of_fused_ops() {
+        // layer norm → GELU → softmax, against the same chain of candle's ops.
+        let x = var(&[6, 64], 6, 2.0);
+        let w = var(&[64], 7, 1.0);
+        let b = var(&[64], 8, 0.3);
+        same_values_and_gradients(
+            &[&x, &w, &b],
+            || {
+                let h = gelu_erf(&layer_norm(&x, &w, &b, 1e-5).unwrap()).unwrap();
+                softmax_last_dim(&h).unwrap()
+            },
+            || {
+                let h = candle_nn::ops::layer_norm_slow(&x, &w, &b, 1e-5).unwrap();
+                candle_nn::ops::softmax(&h.gelu_erf().unwrap(), D::Minus1).unwrap()
+            },
+            2e-5,
+        );
+    }
+}
