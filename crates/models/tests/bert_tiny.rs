@@ -257,6 +257,18 @@ fn train_and_inference_modes_agree_without_dropout() {
         .unwrap();
     let d = max_diff(&inf, &tr);
     assert!(d < 1e-4, "modes differ by {d}");
+    // The head at chosen positions gives the same rows as the head everywhere.
+    let (rows, t, v) = inf.dims3().unwrap();
+    let positions = Tensor::new(&[0u32, 3, (rows * t - 1) as u32], &Device::Cpu).unwrap();
+    let at = m
+        .logits_at(&b.ids, &b.type_ids, &b.mask, &positions, Mode::Inference)
+        .unwrap();
+    let want = inf
+        .reshape((rows * t, v))
+        .unwrap()
+        .index_select(&positions, 0)
+        .unwrap();
+    assert!(max_diff(&at, &want) < 1e-5);
 }
 
 #[test]
@@ -290,8 +302,10 @@ fn every_parameter_gets_a_gradient_from_mlm_loss() {
     .unwrap();
     let positions = Tensor::new(&[2u32, 4, 11], &Device::Cpu).unwrap();
     let targets = Tensor::new(&[6u32, 8, 20], &Device::Cpu).unwrap();
-    let (_, logits) = m.forward(&b.ids, &types, &b.mask, Mode::Train).unwrap();
-    let loss = BertForMaskedLM::masked_lm_loss(&logits, &positions, &targets).unwrap();
+    let logits = m
+        .logits_at(&b.ids, &types, &b.mask, &positions, Mode::Train)
+        .unwrap();
+    let loss = BertForMaskedLM::masked_lm_loss(&logits, &targets).unwrap();
     let grads = loss.backward().unwrap();
     let vars = m.varmap().data().lock().unwrap();
     assert!(vars.len() >= 2 * 16 + 5 + 5);
@@ -309,8 +323,10 @@ fn every_parameter_gets_a_gradient_from_mlm_loss() {
     let mut opt = SGD::new(m.varmap().all_vars(), 0.05).unwrap();
     let mut last = first;
     for _ in 0..10 {
-        let (_, logits) = m.forward(&b.ids, &types, &b.mask, Mode::Train).unwrap();
-        let loss = BertForMaskedLM::masked_lm_loss(&logits, &positions, &targets).unwrap();
+        let logits = m
+            .logits_at(&b.ids, &types, &b.mask, &positions, Mode::Train)
+            .unwrap();
+        let loss = BertForMaskedLM::masked_lm_loss(&logits, &targets).unwrap();
         opt.backward_step(&loss).unwrap();
         last = loss.to_scalar().unwrap();
     }

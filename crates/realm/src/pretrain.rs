@@ -244,18 +244,20 @@ impl RealmModels {
             .map(|(i, t)| (i.as_slice(), t.as_slice()))
             .collect();
         let batch: TokenBatch = pad_rows(&row_refs, sp.pad, &device)?;
-        let (_, logits) = self
-            .reader
-            .forward(&batch.ids, &batch.type_ids, &batch.mask, mode)?;
-        let (n, t, v) = logits.dims3()?;
+        let (n, t) = batch.ids.dims2()?;
         // The masked wordpieces sit at 1 + position in every row ([CLS] first).
         let mut flat = Vec::with_capacity(n * x.positions.len());
         for row in 0..n {
             flat.extend(x.positions.iter().map(|&p| (row * t + 1 + p) as u32));
         }
-        let picked = logits
-            .reshape((n * t, v))?
-            .index_select(&Tensor::new(flat.as_slice(), &device)?, 0)?;
+        let picked = self.reader.logits_at(
+            &batch.ids,
+            &batch.type_ids,
+            &batch.mask,
+            &Tensor::new(flat.as_slice(), &device)?,
+            mode,
+        )?;
+        let v = picked.dim(1)?;
         let log_probs =
             candle_nn::ops::log_softmax(&picked, D::Minus1)?.reshape((n, x.positions.len(), v))?;
         // Input tower, reader rows, document tower.
@@ -702,10 +704,7 @@ pub fn warm_up_reader(
             .map(|(ids, t)| (ids.as_slice(), t.as_slice()))
             .collect();
         let b = pad_rows(&refs, sp.pad, &device)?;
-        let (_, logits) = models
-            .reader
-            .forward(&b.ids, &b.type_ids, &b.mask, Mode::Train)?;
-        let t = logits.dim(1)?;
+        let t = b.ids.dim(1)?;
         // Flat positions in the padded batch, in the order the targets were drawn.
         let flat: Vec<u32> = positions
             .iter()
@@ -714,11 +713,15 @@ pub fn warm_up_reader(
         if flat.is_empty() {
             continue;
         }
-        let loss = BertForMaskedLM::masked_lm_loss(
-            &logits,
+        let logits = models.reader.logits_at(
+            &b.ids,
+            &b.type_ids,
+            &b.mask,
             &Tensor::new(flat.as_slice(), &device)?,
-            &Tensor::new(targets.as_slice(), &device)?,
+            Mode::Train,
         )?;
+        let loss =
+            BertForMaskedLM::masked_lm_loss(&logits, &Tensor::new(targets.as_slice(), &device)?)?;
         let grads = loss.backward()?;
         optimizer.step(&grads, linear_schedule(step, 0, steps, lr))?;
         losses.push(loss.to_scalar::<f32>()? as f64);
