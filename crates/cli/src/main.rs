@@ -65,7 +65,20 @@ enum Command {
     Loadtest(serve::LoadtestArgs),
 }
 
+/// Keeps freed tensor buffers (up to 32 MiB each) in the heap for reuse. With glibc's defaults,
+/// buffers above a few MiB are mapped and unmapped on every op, and the kernel zeroes their pages
+/// each time: a third of a MiniLM training step's time (240 against 292 tokens/s, batch 8 × 128).
+fn keep_freed_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it runs before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    keep_freed_buffers();
     let cli = Cli::parse();
     device::select(cli.device.as_deref())?;
     match cli.cmd {

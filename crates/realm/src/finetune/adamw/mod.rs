@@ -9,6 +9,8 @@ use candle_nn::VarMap;
 
 use crate::error::{RealmError, Result};
 
+mod fused;
+
 /// AdamW hyper-parameters (the learning rate is given per step).
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWConfig {
@@ -87,7 +89,11 @@ impl AdamW {
         let mut sq = 0f64;
         for p in &self.params {
             if let Some(g) = grads.get(p.var.as_tensor()) {
-                sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+                sq += if fused::applies(g) {
+                    fused::sum_squares(g)?
+                } else {
+                    g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64
+                };
             }
         }
         let norm = sq.sqrt();
@@ -104,16 +110,37 @@ impl AdamW {
             let Some(g) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
-            let g = (g * clip)?;
-            p.m = ((&p.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            p.v = ((&p.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let lr = lr * p.lr_scale;
-            let update = ((&p.m / bc1)? / ((&p.v / bc2)?.sqrt()? + c.eps)?)?;
             let decay = if p.var.rank() >= 2 {
                 1.0 - lr * c.weight_decay
             } else {
                 1.0
             };
+            if [p.var.as_tensor(), &p.m, &p.v, g]
+                .into_iter()
+                .all(fused::applies)
+            {
+                let moment = |beta: f64, squared| fused::Moment {
+                    beta: beta as f32,
+                    scale: clip as f32,
+                    squared,
+                };
+                p.m.inplace_op2(g, &moment(c.beta1, false))?;
+                p.v.inplace_op2(g, &moment(c.beta2, true))?;
+                let update = fused::Update {
+                    decay: decay as f32,
+                    lr: lr as f32,
+                    bc1: bc1 as f32,
+                    bc2: bc2 as f32,
+                    eps: c.eps as f32,
+                };
+                p.var.as_tensor().inplace_op3(&p.m, &p.v, &update)?;
+                continue;
+            }
+            let g = (g * clip)?;
+            p.m = ((&p.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+            p.v = ((&p.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let update = ((&p.m / bc1)? / ((&p.v / bc2)?.sqrt()? + c.eps)?)?;
             let next = ((p.var.as_tensor() * decay)? - (update * lr)?)?;
             p.var.set(&next)?;
         }
@@ -166,7 +193,8 @@ impl AdamW {
                     like.dims()
                 )));
             }
-            Ok(t.to_device(like.device())?)
+            // A copy of its own: the fused step updates the moments in place.
+            Ok(t.to_device(like.device())?.copy()?)
         };
         for p in &mut self.params {
             p.m = get(&format!("m.{}", p.name), &p.var)?;
@@ -201,6 +229,71 @@ mod tests {
         let lr = |s| linear_schedule(s, 4, 12, 1.0);
         assert_eq!([lr(0), lr(1), lr(3)], [0.25, 0.5, 1.0]);
         assert_eq!([lr(4), lr(8), lr(12), lr(20)], [1.0, 0.5, 0.0, 0.0]);
+    }
+
+    /// AdamW with clipping and decay on plain f64 slices: the definition the step follows.
+    fn reference_steps(w: &mut [f64], targets: &[f64], steps: usize, lr: f64, c: AdamWConfig) {
+        let (mut m, mut v) = (vec![0.0; w.len()], vec![0.0; w.len()]);
+        for t in 1..=steps as i32 {
+            // Loss Σ (w − target)², gradient 2 (w − target).
+            let g: Vec<f64> = w.iter().zip(targets).map(|(w, y)| 2.0 * (w - y)).collect();
+            let norm = g.iter().map(|g| g * g).sum::<f64>().sqrt();
+            let clip = (c.max_grad_norm / norm).min(1.0);
+            for i in 0..w.len() {
+                let g = g[i] * clip;
+                m[i] = c.beta1 * m[i] + (1.0 - c.beta1) * g;
+                v[i] = c.beta2 * v[i] + (1.0 - c.beta2) * g * g;
+                let m_hat = m[i] / (1.0 - c.beta1.powi(t));
+                let v_hat = v[i] / (1.0 - c.beta2.powi(t));
+                w[i] = w[i] * (1.0 - lr * c.weight_decay) - lr * m_hat / (v_hat.sqrt() + c.eps);
+            }
+        }
+    }
+
+    #[test]
+    fn steps_match_the_definition_with_clipping_and_decay() {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let init = Init::Randn {
+            mean: 0.0,
+            stdev: 1.0,
+        };
+        let w = vb.get_with_hints((40, 30), "w", init).unwrap();
+        let start: Vec<f32> = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let start: Vec<f64> = start.iter().map(|&x| x as f64).collect();
+        let targets: Vec<f64> = (0..start.len()).map(|i| (i % 7) as f64 - 3.0).collect();
+        let target = Tensor::from_vec(
+            targets.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+            (40, 30),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let config = AdamWConfig::default();
+        let mut opt = AdamW::new(&[("", &varmap, 1.0)], config).unwrap();
+        for _ in 0..5 {
+            let loss = (&w - &target).unwrap().sqr().unwrap().sum_all().unwrap();
+            opt.step(&loss.backward().unwrap(), 0.05).unwrap();
+        }
+        let mut want = start;
+        reference_steps(&mut want, &targets, 5, 0.05, config);
+        let got: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(&g, &w)| (g as f64 - w).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-5, "worst difference {worst}");
+        // The saved moments are the updated ones.
+        let m = &opt.state().unwrap()["m.w"];
+        assert!(
+            m.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        );
     }
 
     #[test]
