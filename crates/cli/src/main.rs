@@ -78,6 +78,7 @@ fn keep_freed_buffers() {
 }
 
 fn main() -> anyhow::Result<()> {
+    ralm_models::device::flush_denormals();
     keep_freed_buffers();
     let cli = Cli::parse();
     device::select(cli.device.as_deref())?;
