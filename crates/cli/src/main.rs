@@ -67,7 +67,7 @@ enum Command {
 
 /// Keeps freed tensor buffers (up to 32 MiB each) in the heap for reuse. With glibc's defaults,
 /// buffers above a few MiB are mapped and unmapped on every op, and the kernel zeroes their pages
-/// each time: a third of a MiniLM training step's time (240 against 292 tokens/s, batch 8 × 128).
+/// each time (a MiniLM training step, batch 8 × 128: 240 → 292 tokens/s, system time 7.5 → 1.6 s).
 fn keep_freed_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; it runs before any other thread starts.

@@ -52,15 +52,15 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Loads the dense encoder on the CPU.
+    /// Loads the dense encoder on the selected device.
     pub fn encoder(&self) -> anyhow::Result<DenseEncoder> {
-        DenseEncoder::load(
-            &self.encoder,
-            self.pooling,
-            self.batch,
-            &crate::device::current(),
-        )
-        .with_context(|| format!("loading encoder {}", self.encoder.display()))
+        self.encoder_from(&self.encoder)
+    }
+
+    /// Loads the HF BERT directory `dir` as an encoder with these pooling and batch settings.
+    pub fn encoder_from(&self, dir: &Path) -> anyhow::Result<DenseEncoder> {
+        DenseEncoder::load(dir, self.pooling, self.batch, &crate::device::current())
+            .with_context(|| format!("loading encoder {}", dir.display()))
     }
 }
 
@@ -78,6 +78,11 @@ pub struct ReaderArgs {
     /// `--reader extractive` its reader reads.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
+    /// HF BERT directory of a separate question encoder for an index built with --encoder as
+    /// its document encoder, e.g. the input tower of `ralm realm pretrain` (`checkpoint/input`)
+    /// over an index built with its document tower (`checkpoint/docs`).
+    #[arg(long, conflicts_with = "checkpoint")]
+    pub query_encoder: Option<PathBuf>,
     /// Passages read per question.
     #[arg(long, default_value_t = 5)]
     pub k: usize,
@@ -133,7 +138,10 @@ impl ReaderArgs {
                     .with_context(|| format!("opening checkpoint {}", c.display()))?;
                 (ft.query, Some(document), Some(ft.reader))
             }
-            None => (document, None, None),
+            None => match &self.query_encoder {
+                Some(q) => (models.encoder_from(q)?, None, None),
+                None => (document, None, None),
+            },
         };
         let reader = match (gguf, extractive) {
             (Some(g), _) => Reader::Generative(

@@ -335,7 +335,8 @@ pub struct PretrainArgs {
     /// Entity tagger for salient spans (`ralm realm ner-train`); without one, dates only.
     #[arg(long)]
     tagger: Option<PathBuf>,
-    /// Output directory: checkpoint/, train.jsonl, loss.svg, utility.svg, accuracy.svg.
+    /// Output directory: checkpoint/, train.jsonl, loss.svg, utility.svg, accuracy.svg,
+    /// staleness.svg.
     #[arg(long, default_value = "runs/realm-pretrain")]
     out: PathBuf,
     /// Training sentences (from a seeded sample of the index's passages).
@@ -614,7 +615,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
 /// The loss and retrieval-utility charts of a pre-training run, from its whole log.
 fn plot_pretraining(out: &std::path::Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(out.join("train.jsonl"))?;
-    let (mut losses, mut utility) = (Vec::new(), Vec::new());
+    let (mut losses, mut utility, mut staleness) = (Vec::new(), Vec::new(), Vec::new());
     let (mut with_retrieval, mut null_only) = (Vec::new(), Vec::new());
     for v in text
         .lines()
@@ -624,6 +625,9 @@ fn plot_pretraining(out: &std::path::Path) -> anyhow::Result<()> {
         if let (Some(l), Some(u)) = (v["loss"].as_f64(), v["retrieval_utility"].as_f64()) {
             losses.push((step, l));
             utility.push((step, u));
+        }
+        if let Some(st) = v["staleness_steps"].as_f64() {
+            staleness.push((step, st));
         }
         if let (Some(r), Some(n)) = (
             v["eval_accuracy"].as_f64(),
@@ -656,5 +660,16 @@ fn plot_pretraining(out: &std::path::Path) -> anyhow::Result<()> {
         .save(&out.join("loss.svg"))?;
     let mut ru = loss_curve("Retrieval utility of the top document", utility, 10);
     ru.y_label = "log p(y|z,x) − log p(y|∅,x)".into();
-    ru.save(&out.join("utility.svg"))
+    ru.save(&out.join("utility.svg"))?;
+    Chart {
+        title: "Index staleness: updates since the snapshot's document tower".into(),
+        x_label: "update".into(),
+        y_label: "updates".into(),
+        log_x: false,
+        series: vec![Series {
+            name: "staleness".into(),
+            points: staleness,
+        }],
+    }
+    .save(&out.join("staleness.svg"))
 }

@@ -68,8 +68,9 @@ impl Specials {
     }
 }
 
-/// Tokenizes `s` (at most `max_pieces` wordpieces) and masks every wordpiece that overlaps its
-/// span; an error when the span covers no wordpiece (e.g. it was cut off).
+/// Tokenizes `s` and masks every wordpiece that overlaps its span. A sentence longer than
+/// `max_pieces` wordpieces is cut to a window of that many that keeps the span (its start when
+/// the span itself is longer); an error when the span covers no wordpiece at all.
 pub fn mask_sentence(
     tokenizer: &Tokenizer,
     s: &MaskedSentence,
@@ -79,21 +80,24 @@ pub fn mask_sentence(
     let enc = tokenizer
         .encode(s.text.as_str(), false)
         .map_err(|e| RealmError::Tokenizer(e.to_string()))?;
-    let n = enc.len().min(max_pieces);
-    let mut ids = enc.get_ids()[..n].to_vec();
-    let (mut positions, mut targets) = (Vec::new(), Vec::new());
-    for (i, &(a, b)) in enc.get_offsets()[..n].iter().enumerate() {
-        if a < s.span.1 && s.span.0 < b {
-            positions.push(i);
-            targets.push(ids[i]);
-            ids[i] = mask;
-        }
-    }
-    if positions.is_empty() {
+    let covered: Vec<usize> = (enc.get_offsets().iter().enumerate())
+        .filter(|(_, &(a, b))| a < s.span.1 && s.span.0 < b)
+        .map(|(i, _)| i)
+        .collect();
+    let (Some(&first), Some(&last)) = (covered.first(), covered.last()) else {
         return Err(RealmError::Invalid(format!(
-            "the span {:?} of {:?} covers no wordpiece in the first {max_pieces}",
+            "the span {:?} of {:?} covers no wordpiece",
             s.span, s.text
         )));
+    };
+    let start = (last + 1).saturating_sub(max_pieces).min(first);
+    let end = enc.len().min(start + max_pieces);
+    let mut ids = enc.get_ids()[start..end].to_vec();
+    let (mut positions, mut targets) = (Vec::new(), Vec::new());
+    for i in covered.into_iter().filter(|&i| i < end) {
+        positions.push(i - start);
+        targets.push(ids[i - start]);
+        ids[i - start] = mask;
     }
     Ok(MaskedTokens {
         ids,

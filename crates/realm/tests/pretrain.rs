@@ -209,10 +209,18 @@ fn masking_and_exclusion() {
     let x = mask_sentence(&tok, &s, 32, m.specials.mask).unwrap();
     assert_eq!(x.positions, [2, 3]);
     assert_eq!(x.ids[1], tok.token_to_id("is").unwrap());
-    let cut = mask_sentence(&tok, &s, 2, m.specials.mask)
+    // A sentence cut to fewer wordpieces keeps a window with the span in it.
+    let cut = mask_sentence(&tok, &s, 2, m.specials.mask).unwrap();
+    assert_eq!(cut.positions, [0, 1]);
+    assert_eq!(cut.targets, x.targets);
+    let one = mask_sentence(&tok, &s, 1, m.specials.mask).unwrap();
+    assert_eq!((one.ids.len(), one.positions.as_slice()), (1, &[0][..]));
+    assert_eq!(one.targets, x.targets[..1]);
+    s.span = (500, 510);
+    let outside = mask_sentence(&tok, &s, 32, m.specials.mask)
         .unwrap_err()
         .to_string();
-    assert!(cut.contains("covers no wordpiece"), "{cut}");
+    assert!(outside.contains("covers no wordpiece"), "{outside}");
 
     let passages = vec![
         passage("wiki:paris:0", "Paris", "paris is big."),
