@@ -92,38 +92,51 @@ impl CustomOp1 for Softmax {
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(y.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?))
+        Ok(Some(
+            y.apply_op2_no_bwd(&grad.contiguous()?, &SOFTMAX_GRAD)?,
+        ))
     }
 }
 
-/// `y · (g − Σ g·y)` per row: the softmax input's gradient from output `y` and its gradient `g`.
-struct SoftmaxGrad;
+/// A backward kernel `(saved, g) → input gradient` over rows of the last dimension: `apply`
+/// gets the saved tensor's data, the output gradient to turn into the input's in place, and the
+/// row width.
+struct GradKernel {
+    name: &'static str,
+    apply: fn(&[f32], &mut [f32], usize),
+}
 
-impl CustomOp2 for SoftmaxGrad {
+impl CustomOp2 for GradKernel {
     fn name(&self) -> &'static str {
-        "ralm-softmax-grad"
+        self.name
     }
 
     fn cpu_fwd(
         &self,
-        ys: &CpuStorage,
-        yl: &Layout,
+        saved: &CpuStorage,
+        sl: &Layout,
         gs: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let y = f32_slice(ys, yl, self.name())?;
-        let g = f32_slice(gs, gl, self.name())?;
-        let width = last_dim(yl)?;
-        let mut out = g.to_vec();
-        for_rows(y, &mut out, width, |y, o| {
+        let a = f32_slice(saved, sl, self.name)?;
+        let mut out = f32_slice(gs, gl, self.name)?.to_vec();
+        (self.apply)(a, &mut out, last_dim(sl)?);
+        Ok((CpuStorage::F32(out), sl.shape().clone()))
+    }
+}
+
+/// Softmax's input gradient from its output `y`: `g ← y · (g − Σ g·y)` per row.
+const SOFTMAX_GRAD: GradKernel = GradKernel {
+    name: "ralm-softmax-grad",
+    apply: |y, out, width| {
+        for_rows(y, out, width, |y, o| {
             for (y, o) in y.chunks(width).zip(o.chunks_mut(width)) {
                 let dot: f32 = y.iter().zip(o.iter()).map(|(y, g)| y * g).sum();
                 o.iter_mut().zip(y).for_each(|(o, y)| *o = y * (*o - dot));
             }
-        });
-        Ok((CpuStorage::F32(out), yl.shape().clone()))
-    }
-}
+        })
+    },
+};
 
 struct AddBias;
 
@@ -360,30 +373,16 @@ impl CustomOp1 for Gelu {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?))
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GELU_GRAD)?))
     }
 }
 
-/// `g · (Φ(x) + x·φ(x))`: GELU's input gradient from `x` and the output's gradient `g`.
-struct GeluGrad;
-
-impl CustomOp2 for GeluGrad {
-    fn name(&self) -> &'static str {
-        "ralm-gelu-erf-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(xs, xl, self.name())?;
-        let g = f32_slice(gs, gl, self.name())?;
+/// GELU's input gradient from its input `x`: `g ← g · (Φ(x) + x·φ(x))`.
+const GELU_GRAD: GradKernel = GradKernel {
+    name: "ralm-gelu-erf-grad",
+    apply: |x, out, _| {
         // 1 / sqrt(2π).
         const INV_SQRT_2PI: f32 = 0.398_942_3;
-        let mut out = g.to_vec();
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(o, x)| {
@@ -393,9 +392,8 @@ impl CustomOp2 for GeluGrad {
                     *o *= cdf + x * pdf;
                 }
             });
-        Ok((CpuStorage::F32(out), xl.shape().clone()))
-    }
-}
+    },
+};
 
 #[cfg(test)]
 mod tests {
