@@ -612,7 +612,8 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The loss and retrieval-utility charts of a pre-training run, from its whole log.
+/// The loss, retrieval-utility, held-out accuracy and staleness charts of a pre-training run,
+/// from its whole log.
 fn plot_pretraining(out: &std::path::Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(out.join("train.jsonl"))?;
     let (mut losses, mut utility, mut staleness) = (Vec::new(), Vec::new(), Vec::new());

@@ -31,9 +31,9 @@ impl Dense {
         let width = dims[dims.len() - 1];
         let x2 = x.reshape((x.elem_count() / width, width))?;
         let y = x2.matmul(&self.0.weight().t()?)?;
+        // Reached on the CPU in training only; elsewhere `add_bias` is candle's broadcast add.
         let y = match self.0.bias() {
-            Some(b) if mode == Mode::Train => crate::fast_ops::train::add_bias(&y, b)?,
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => crate::fast_ops::train::add_bias(&y, b)?,
             None => y,
         };
         let mut out = dims.to_vec();

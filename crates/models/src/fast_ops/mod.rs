@@ -38,7 +38,7 @@ impl CustomOp1 for GeluErf {
 }
 
 /// The contiguous f32 data of a CPU tensor, or an error naming `op`.
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+pub fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {
         (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
         _ => candle_core::bail!("{op} needs a contiguous f32 tensor"),
@@ -46,7 +46,7 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&
 }
 
 /// Whether the fused CPU kernels apply to `x` (an f32 tensor on the CPU).
-fn is_cpu_f32(x: &Tensor) -> bool {
+pub fn is_cpu_f32(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 

@@ -50,9 +50,15 @@ pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Elements per parallel task rounded to whole rows of `width` (at least one row).
+fn row_chunk(width: usize) -> usize {
+    let width = width.max(1);
+    (CHUNK / width).max(1) * width
+}
+
 /// Runs `f(input rows, output rows)` over chunks of whole rows of width `width`, in parallel.
 fn for_rows(src: &[f32], out: &mut [f32], width: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) {
-    let rows = (CHUNK / width.max(1)).max(1) * width.max(1);
+    let rows = row_chunk(width);
     out.par_chunks_mut(rows)
         .zip(src.par_chunks(rows))
         .for_each(|(o, s)| f(s, o));
@@ -194,7 +200,7 @@ impl CustomOp1 for ColumnSums {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = f32_slice(storage, layout, self.name())?;
         let width = self.width.max(1);
-        let chunk = (CHUNK / width).max(1) * width;
+        let chunk = row_chunk(width);
         let sums = g
             .par_chunks(chunk)
             .map(|c| {
@@ -318,7 +324,7 @@ impl CustomOp3 for LayerNormGrad {
         let rows = x.len() / width;
         let mut out = vec![0f32; x.len() + 2 * width];
         let (grad_x, grad_wb) = out.split_at_mut(x.len());
-        let chunk = (CHUNK / width).max(1) * width;
+        let chunk = row_chunk(width);
         let zeros = || (vec![0f32; width], vec![0f32; width]);
         let (grad_w, grad_b) = grad_x
             .par_chunks_mut(chunk)

@@ -3,6 +3,7 @@
 //! dozen parameter-sized temporaries per variable per step, a fifth of a MiniLM training step.
 
 use candle_core::{CpuStorage, CustomOp1, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor};
+use ralm_models::fast_ops::{f32_slice, is_cpu_f32};
 use rayon::prelude::*;
 
 /// Elements per parallel task.
@@ -10,14 +11,7 @@ const CHUNK: usize = 64 * 1024;
 
 /// Whether the fused kernels apply: a contiguous f32 tensor on the CPU.
 pub(super) fn applies(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous()
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
-        _ => candle_core::bail!("{op} needs a contiguous f32 tensor"),
-    }
+    is_cpu_f32(t) && t.is_contiguous()
 }
 
 fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> Result<&'a mut [f32]> {
@@ -41,7 +35,7 @@ impl CustomOp1 for SumSquares {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = slice(s, l, self.name())?;
+        let g = f32_slice(s, l, self.name())?;
         let total: f64 = g
             .par_chunks(CHUNK)
             .map(|c| c.iter().map(|&x| x * x).sum::<f32>() as f64)
@@ -70,7 +64,7 @@ impl InplaceOp2 for Moment {
         gl: &Layout,
     ) -> Result<()> {
         let m = slice_mut(dst, dst_l, self.name())?;
-        let g = slice(gs, gl, self.name())?;
+        let g = f32_slice(gs, gl, self.name())?;
         let (beta, rest) = (self.beta, 1.0 - self.beta);
         m.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
@@ -109,7 +103,10 @@ impl InplaceOp3 for Update {
         vl: &Layout,
     ) -> Result<()> {
         let p = slice_mut(dst, dst_l, self.name())?;
-        let (m, v) = (slice(ms, ml, self.name())?, slice(vs, vl, self.name())?);
+        let (m, v) = (
+            f32_slice(ms, ml, self.name())?,
+            f32_slice(vs, vl, self.name())?,
+        );
         let (inv_bc1, inv_bc2) = (1.0 / self.bc1, 1.0 / self.bc2);
         p.par_chunks_mut(CHUNK)
             .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))

@@ -148,7 +148,9 @@ impl AdamW {
     }
 
     /// The moments (`m.<name>`, `v.<name>`) and the step count (`steps`, as f64), for saving.
-    pub fn state(&self) -> Result<HashMap<String, Tensor>> {
+    /// Private: on the CPU the moments are updated in place, so these views change with the
+    /// next step.
+    fn state(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for p in &self.params {
             out.insert(format!("m.{}", p.name), p.m.clone());
@@ -181,7 +183,7 @@ impl AdamW {
 
     /// Restores a state written by [`state`](Self::state); every moment must be present with
     /// the variable's shape.
-    pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         let get = |key: &str, like: &Var| -> Result<Tensor> {
             let t = state
                 .get(key)
