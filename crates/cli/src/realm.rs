@@ -500,7 +500,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         if held_out.is_empty() {
             return Ok(());
         }
-        let h = trainer.evaluate(&held_out)?;
+        let h = trainer.evaluate(&held_out, batch)?;
         let (with, null_only) = (
             h.with_retrieval as f64 / h.masked.max(1) as f64,
             h.null_only as f64 / h.masked.max(1) as f64,

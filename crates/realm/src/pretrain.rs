@@ -11,7 +11,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor, D};
 use ralm_models::bert::{BertForMaskedLM, Mode, Pooling, TokenBatch};
 use serde::{Deserialize, Serialize};
-use tokenizers::{Encoding, Tokenizer};
+use tokenizers::Tokenizer;
 
 use crate::error::{RealmError, Result};
 use crate::finetune::adamw::{linear_schedule, AdamW, AdamWConfig};
@@ -121,6 +121,12 @@ pub struct RealmModels {
     pub scale: f64,
 }
 
+/// A masked sentence with the documents retrieved for it (the null document is added to them).
+pub struct Example<'p> {
+    pub x: MaskedTokens,
+    pub docs: Vec<&'p Passage>,
+}
+
 /// The pieces of one sentence's loss, for logging and checking.
 pub struct SentenceLoss {
     /// `−log Σ_z p(z|x) p(y|z,x)` (differentiable).
@@ -129,8 +135,6 @@ pub struct SentenceLoss {
     pub log_p_z: Vec<f32>,
     /// `log p(y|z,x)` of the candidates, the null document last.
     pub log_p_y: Vec<f32>,
-    /// Wordpieces run through the three models.
-    pub tokens: usize,
 }
 
 impl SentenceLoss {
@@ -141,6 +145,13 @@ impl SentenceLoss {
         let top = (0..null).max_by(|&a, &b| self.log_p_z[a].total_cmp(&self.log_p_z[b]))?;
         Some(self.log_p_y[top] - self.log_p_y[null])
     }
+}
+
+/// One sentence's candidates scored: `log p(z|x)` `[n]` and the reader's log-probabilities
+/// `[n, masked, vocab]` at its masked wordpieces, the null document last.
+struct Scored {
+    log_p_z: Tensor,
+    log_probs: Tensor,
 }
 
 impl RealmModels {
@@ -178,6 +189,10 @@ impl RealmModels {
             .map_or(MAX_PASSAGE_WORDPIECES, |t| t.max_length)
     }
 
+    fn device(&self) -> &Device {
+        self.reader.bert().word_embeddings().device()
+    }
+
     /// `[CLS] x [SEP]`: the input tower's and the reader's view of masked sentence `x`.
     fn query_ids(&self, x: &MaskedTokens) -> Vec<u32> {
         let mut query = Vec::with_capacity(x.ids.len() + 2);
@@ -187,32 +202,33 @@ impl RealmModels {
         query
     }
 
-    /// The input tower's unit vector `[1, dim]` of `query` ids.
-    fn embed_query(&self, query: &[u32], mode: Mode) -> Result<Tensor> {
-        let zeros = vec![0u32; query.len()];
-        let device = self.reader.bert().word_embeddings().device();
-        self.input.embed_batch(
-            &pad_rows(&[(query, &zeros)], self.specials.pad, device)?,
-            mode,
-        )
+    /// The input tower's unit vectors `[n, dim]` of `queries` (ids), in one forward pass.
+    fn embed_queries(&self, queries: &[Vec<u32>], mode: Mode) -> Result<Tensor> {
+        let zeros: Vec<Vec<u32>> = queries.iter().map(|q| vec![0u32; q.len()]).collect();
+        let rows: Vec<(&[u32], &[u32])> = queries
+            .iter()
+            .zip(&zeros)
+            .map(|(q, z)| (q.as_slice(), z.as_slice()))
+            .collect();
+        self.input
+            .embed_batch(&pad_rows(&rows, self.specials.pad, self.device())?, mode)
     }
 
-    /// `log p(z|x)` `[n]` and the reader's log-probabilities `[n, masked, vocab]` at the masked
-    /// wordpieces, for the candidates `docs` plus the null document (last), and the wordpieces
-    /// read. `mode` sets dropout and differentiable ops for all three models.
-    fn distributions(
-        &self,
-        x: &MaskedTokens,
-        docs: &[&Passage],
-        mode: Mode,
-    ) -> Result<(Tensor, Tensor, usize)> {
+    /// Every example's candidates (its documents, then the null document) scored, with one
+    /// forward pass of each model over the whole batch, and the wordpieces read. `mode` sets
+    /// dropout and differentiable ops for all three models.
+    fn distributions(&self, examples: &[Example], mode: Mode) -> Result<(Vec<Scored>, usize)> {
         let sp = self.specials;
-        let device = self.reader.bert().word_embeddings().device().clone();
-        // p(z|x): the masked sentence against every candidate and the empty document.
-        let query = self.query_ids(x);
-        let q = self.embed_query(&query, mode)?;
-        let mut texts: Vec<String> = docs.iter().map(|p| passage_text(p)).collect();
-        texts.push(String::new());
+        let device = self.device().clone();
+        // p(z|x): each masked sentence against its candidates and the empty document.
+        let queries: Vec<Vec<u32>> = examples.iter().map(|e| self.query_ids(&e.x)).collect();
+        let q = self.embed_queries(&queries, mode)?;
+        let (mut texts, mut owner) = (Vec::new(), Vec::new());
+        for (i, e) in examples.iter().enumerate() {
+            texts.extend(e.docs.iter().map(|p| passage_text(p)));
+            texts.push(String::new());
+            owner.extend(std::iter::repeat_n(i, e.docs.len() + 1));
+        }
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         // One tokenization serves both: `[CLS] z [SEP]` for the document tower, its inner
         // wordpieces for the reader.
@@ -222,99 +238,199 @@ impl RealmModels {
             .tokenizer()
             .encode_batch(refs, true)
             .map_err(|e| RealmError::Tokenizer(e.to_string()))?;
-        let doc_refs: Vec<&Encoding> = doc_enc.iter().collect();
-        let d = self
-            .docs
-            .embed_batch(&TokenBatch::new(&doc_refs, sp.pad, &device)?, mode)?;
-        let scores = (d.matmul(&q.t()?)?.squeeze(1)? * self.scale)?;
-        let log_p_z = candle_nn::ops::log_softmax(&scores, D::Minus1)?;
+        let grouping = Grouping {
+            heads: self.reader.bert().config().num_attention_heads,
+            budget: ATTENTION_BYTES,
+            pad: sp.pad,
+            device: &device,
+        };
+        let doc_rows: Vec<(Vec<u32>, Vec<u32>)> = doc_enc
+            .iter()
+            .map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec()))
+            .collect();
+        let d = grouped_forward(
+            &doc_rows,
+            &vec![1; doc_rows.len()],
+            &grouping,
+            |batch, _| self.docs.embed_batch(batch, mode),
+        )?;
+        let owners: Vec<u32> = owner.iter().map(|&i| i as u32).collect();
+        let q_rows = q.index_select(&Tensor::new(owners.as_slice(), &device)?, 0)?;
+        let scores = ((d * q_rows)?.sum(1)? * self.scale)?;
 
-        // The reader over [CLS] x [SEP] z [SEP] for every candidate.
+        // The reader over [CLS] x [SEP] z [SEP] for every candidate of every sentence.
         let rows: Vec<(Vec<u32>, Vec<u32>)> = doc_enc
             .iter()
-            .map(|e| {
+            .zip(&owner)
+            .map(|(e, &i)| {
                 let inner = &e.get_ids()[1..e.len() - 1];
                 let z = &inner[..inner.len().min(self.max_doc_pieces)];
-                let mut ids = query.clone();
+                let mut ids = queries[i].clone();
                 ids.extend(z);
                 ids.push(sp.sep);
-                let mut types = vec![0u32; query.len()];
+                let mut types = vec![0u32; queries[i].len()];
                 types.resize(ids.len(), 1);
                 (ids, types)
             })
             .collect();
-        let row_refs: Vec<(&[u32], &[u32])> = rows
+        let masked: Vec<usize> = owner
             .iter()
-            .map(|(i, t)| (i.as_slice(), t.as_slice()))
+            .map(|&i| examples[i].x.positions.len())
             .collect();
-        let batch: TokenBatch = pad_rows(&row_refs, sp.pad, &device)?;
-        let (n, t) = batch.ids.dims2()?;
-        // The masked wordpieces sit at 1 + position in every row ([CLS] first).
-        let mut flat = Vec::with_capacity(n * x.positions.len());
-        for row in 0..n {
-            flat.extend(x.positions.iter().map(|&p| (row * t + 1 + p) as u32));
-        }
-        let picked = self.reader.logits_at(
-            &batch.ids,
-            &batch.type_ids,
-            &batch.mask,
-            &Tensor::new(flat.as_slice(), &device)?,
-            mode,
-        )?;
+        let picked = grouped_forward(&rows, &masked, &grouping, |batch, group| {
+            // A sentence's masked wordpieces sit at 1 + position in each of its rows.
+            let t = batch.ids.dim(1)?;
+            let mut flat = Vec::new();
+            for (at, &row) in group.iter().enumerate() {
+                let x = &examples[owner[row]].x;
+                flat.extend(x.positions.iter().map(|&p| (at * t + 1 + p) as u32));
+            }
+            Ok(self.reader.logits_at(
+                &batch.ids,
+                &batch.type_ids,
+                &batch.mask,
+                &Tensor::new(flat.as_slice(), &device)?,
+                mode,
+            )?)
+        })?;
         let v = picked.dim(1)?;
-        let log_probs =
-            candle_nn::ops::log_softmax(&picked, D::Minus1)?.reshape((n, x.positions.len(), v))?;
+        let log_probs = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
+        let (mut row, mut at) = (0, 0);
+        let mut scored = Vec::with_capacity(examples.len());
+        for e in examples {
+            let (n, m) = (e.docs.len() + 1, e.x.positions.len());
+            scored.push(Scored {
+                log_p_z: candle_nn::ops::log_softmax(&scores.narrow(0, row, n)?, D::Minus1)?,
+                log_probs: log_probs.narrow(0, at, n * m)?.reshape((n, m, v))?,
+            });
+            row += n;
+            at += n * m;
+        }
         // Input tower, reader rows, document tower.
-        let tokens = query.len()
+        let tokens = queries.iter().map(Vec::len).sum::<usize>()
             + rows.iter().map(|r| r.0.len()).sum::<usize>()
             + doc_enc.iter().map(|e| e.len()).sum::<usize>();
-        Ok((log_p_z, log_probs, tokens))
+        Ok((scored, tokens))
     }
 
-    /// The loss of masked sentence `x` against candidate documents `docs` (the null document is
-    /// added last), in training mode.
-    pub fn sentence_loss(&self, x: &MaskedTokens, docs: &[&Passage]) -> Result<SentenceLoss> {
-        let (log_p_z, log_probs, tokens) = self.distributions(x, docs, Mode::Train)?;
-        let (n, m, _) = log_probs.dims3()?;
-        let targets: Vec<u32> = (0..n).flat_map(|_| x.targets.iter().copied()).collect();
-        let gold = log_probs
-            .reshape((n * m, ()))?
-            .gather(
-                &Tensor::new(targets.as_slice(), log_probs.device())?.unsqueeze(1)?,
-                1,
-            )?
-            .reshape((n, m))?;
-        let log_p_y = gold.sum(D::Minus1)?;
-        let loss = logsumexp(&(&log_p_z + &log_p_y)?)?.neg()?;
-        Ok(SentenceLoss {
-            loss,
-            log_p_z: log_p_z.to_vec1()?,
-            log_p_y: log_p_y.to_vec1()?,
-            tokens,
-        })
+    /// The loss of every example (the null document added last to its candidates), in training
+    /// mode and one batch, and the wordpieces run through the three models.
+    pub fn sentence_losses(&self, examples: &[Example]) -> Result<(Vec<SentenceLoss>, usize)> {
+        let (scored, tokens) = self.distributions(examples, Mode::Train)?;
+        let mut losses = Vec::with_capacity(examples.len());
+        for (e, s) in examples.iter().zip(scored) {
+            let (n, m, _) = s.log_probs.dims3()?;
+            let targets: Vec<u32> = (0..n).flat_map(|_| e.x.targets.iter().copied()).collect();
+            let gold = s
+                .log_probs
+                .reshape((n * m, ()))?
+                .gather(
+                    &Tensor::new(targets.as_slice(), s.log_probs.device())?.unsqueeze(1)?,
+                    1,
+                )?
+                .reshape((n, m))?;
+            let log_p_y = gold.sum(D::Minus1)?;
+            let loss = logsumexp(&(&s.log_p_z + &log_p_y)?)?.neg()?;
+            losses.push(SentenceLoss {
+                loss,
+                log_p_z: s.log_p_z.to_vec1()?,
+                log_p_y: log_p_y.to_vec1()?,
+            });
+        }
+        Ok((losses, tokens))
     }
 
-    /// Masked wordpieces of `x` predicted right (inference mode): by the most likely token
-    /// under `Σ_z p(z|x) p(token|z,x)` over `docs` and the null document, and by the null
-    /// document alone.
-    pub fn masked_accuracy(&self, x: &MaskedTokens, docs: &[&Passage]) -> Result<MaskedHits> {
-        let (log_p_z, log_probs, _) = self.distributions(x, docs, Mode::Inference)?;
-        let (n, _, _) = log_probs.dims3()?;
-        let p_z = log_p_z.exp()?;
-        let marginal = log_probs
-            .exp()?
-            .broadcast_mul(&p_z.reshape((n, 1, 1))?)?
-            .sum(0)?
-            .argmax(D::Minus1)?
-            .to_vec1::<u32>()?;
-        let null = log_probs.get(n - 1)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
-        let right = |pred: &[u32]| pred.iter().zip(&x.targets).filter(|(a, b)| a == b).count();
-        Ok(MaskedHits {
-            with_retrieval: right(&marginal),
-            null_only: right(&null),
-            masked: x.targets.len(),
-        })
+    /// Masked wordpieces of the examples predicted right (inference mode): by the most likely
+    /// token under `Σ_z p(z|x) p(token|z,x)` over each one's documents and the null document,
+    /// and by the null document alone.
+    pub fn masked_accuracy(&self, examples: &[Example]) -> Result<MaskedHits> {
+        let (scored, _) = self.distributions(examples, Mode::Inference)?;
+        let mut hits = MaskedHits::default();
+        for (e, s) in examples.iter().zip(scored) {
+            let n = s.log_probs.dim(0)?;
+            let marginal = s
+                .log_probs
+                .exp()?
+                .broadcast_mul(&s.log_p_z.exp()?.reshape((n, 1, 1))?)?
+                .sum(0)?
+                .argmax(D::Minus1)?
+                .to_vec1::<u32>()?;
+            let null = s
+                .log_probs
+                .get(n - 1)?
+                .argmax(D::Minus1)?
+                .to_vec1::<u32>()?;
+            let right = |pred: &[u32]| {
+                pred.iter()
+                    .zip(&e.x.targets)
+                    .filter(|(a, b)| a == b)
+                    .count()
+            };
+            hits.with_retrieval += right(&marginal);
+            hits.null_only += right(&null);
+            hits.masked += e.x.targets.len();
+        }
+        Ok(hits)
     }
+}
+
+/// Bytes of one attention-score tensor `[rows, heads, len, len]` a forward pass may allocate.
+/// glibc serves larger blocks with fresh `mmap`s, whose page faults cost more than the
+/// arithmetic: a fifth of a step went to them with 20 documents of 288 wordpieces in one pass.
+const ATTENTION_BYTES: usize = 24 << 20;
+
+/// How [`grouped_forward`] batches rows.
+struct Grouping<'d> {
+    heads: usize,
+    /// Most bytes of a group's attention scores (one row may exceed it alone).
+    budget: usize,
+    pad: u32,
+    device: &'d Device,
+}
+
+/// Rows grouped for forward passes: longest first (little padding), each group's attention
+/// scores `[rows, heads, len, len]` (f32) within `budget` bytes.
+fn length_groups(lengths: &[usize], heads: usize, budget: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for i in order {
+        match groups.last_mut() {
+            Some(g) if (g.len() + 1) * heads * lengths[g[0]].pow(2) * 4 <= budget => g.push(i),
+            _ => groups.push(vec![i]),
+        }
+    }
+    groups
+}
+
+/// Runs `forward` over `rows` (ids, type ids) in [`length_groups`]: it gets a group padded and
+/// its row numbers, and returns `outputs[r]` leading rows for each row `r` of the group in
+/// order. The results come back concatenated in the order of `rows`.
+fn grouped_forward(
+    rows: &[(Vec<u32>, Vec<u32>)],
+    outputs: &[usize],
+    how: &Grouping,
+    forward: impl Fn(&TokenBatch, &[usize]) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let lengths: Vec<usize> = rows.iter().map(|r| r.0.len()).collect();
+    let (mut parts, mut start, mut at) = (Vec::new(), vec![0; rows.len()], 0);
+    for group in length_groups(&lengths, how.heads, how.budget) {
+        let refs: Vec<(&[u32], &[u32])> = group
+            .iter()
+            .map(|&r| (rows[r].0.as_slice(), rows[r].1.as_slice()))
+            .collect();
+        let part = forward(&pad_rows(&refs, how.pad, how.device)?, &group)?;
+        for &r in &group {
+            start[r] = at;
+            at += outputs[r];
+        }
+        parts.push(part);
+    }
+    let order: Vec<u32> = (0..rows.len())
+        .flat_map(|r| (start[r]..start[r] + outputs[r]).map(|i| i as u32))
+        .collect();
+    let all = Tensor::cat(&parts, 0)?;
+    Ok(all.index_select(&Tensor::new(order.as_slice(), how.device)?, 0)?)
 }
 
 /// Masked wordpieces predicted right with retrieval and with the null document only.
@@ -443,47 +559,47 @@ impl<'a> Pretrainer<'a> {
         self.optimizer.steps()
     }
 
-    /// The top-`k` passages for masked sentence `x` by the input tower (inference mode) against
-    /// `snapshot`, passages of `document` excluded.
-    pub fn candidates(
-        &self,
-        snapshot: &DocSnapshot,
-        x: &MaskedTokens,
-        document: &str,
-    ) -> Result<Vec<usize>> {
-        let m = &self.models;
-        let q = m
-            .embed_query(&m.query_ids(x), Mode::Inference)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let ranked: Vec<usize> = snapshot
-            .search(&q, self.config.k + EXCLUSION_MARGIN)?
-            .into_iter()
-            .map(|(i, _)| i)
-            .collect();
-        Ok(exclude_document(
-            &ranked,
-            self.passages,
-            document,
-            self.config.k,
-        ))
-    }
-
-    /// Sentence `s` masked, and its candidate documents from `snapshot`.
+    /// The sentences masked, each with its top-`k` passages from `snapshot` by the input tower
+    /// (inference mode, one forward pass), passages of its own document excluded.
     fn prepare(
         &self,
         snapshot: &DocSnapshot,
-        s: &MaskedSentence,
-    ) -> Result<(MaskedTokens, Vec<&'a Passage>)> {
-        let x = mask_sentence(
-            self.models.docs.body().tokenizer(),
-            s,
-            self.config.max_sentence_pieces,
-            self.models.specials.mask,
-        )?;
-        let ids = self.candidates(snapshot, &x, &s.document)?;
+        batch: &[MaskedSentence],
+    ) -> Result<Vec<Example<'a>>> {
+        let m = &self.models;
+        let masked = batch
+            .iter()
+            .map(|s| {
+                mask_sentence(
+                    m.docs.body().tokenizer(),
+                    s,
+                    self.config.max_sentence_pieces,
+                    m.specials.mask,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let queries: Vec<Vec<u32>> = masked.iter().map(|x| m.query_ids(x)).collect();
+        let q = m
+            .embed_queries(&queries, Mode::Inference)?
+            .to_vec2::<f32>()?;
         let passages = self.passages;
-        Ok((x, ids.iter().map(|&i| &passages[i]).collect()))
+        masked
+            .into_iter()
+            .zip(batch)
+            .zip(&q)
+            .map(|((x, s), q)| {
+                let ranked: Vec<usize> = snapshot
+                    .search(q, self.config.k + EXCLUSION_MARGIN)?
+                    .into_iter()
+                    .map(|(i, _)| i)
+                    .collect();
+                let ids = exclude_document(&ranked, passages, &s.document, self.config.k);
+                Ok(Example {
+                    x,
+                    docs: ids.iter().map(|&i| &passages[i]).collect(),
+                })
+            })
+            .collect()
     }
 
     /// One update on `batch`: the mean of the sentences' losses.
@@ -493,16 +609,18 @@ impl<'a> Pretrainer<'a> {
         }
         // One snapshot for the whole batch, however often the refresher swaps meanwhile.
         let snapshot = self.slot.current();
-        let (mut losses, mut ru, mut null_p, mut tokens) = (Vec::new(), 0.0, 0.0, 0);
-        for s in batch {
-            let (x, docs) = self.prepare(&snapshot, s)?;
-            let out = self.models.sentence_loss(&x, &docs)?;
-            ru += out.retrieval_utility().unwrap_or(0.0) as f64;
-            null_p += out.log_p_z.last().map_or(0.0, |l| l.exp()) as f64;
-            tokens += out.tokens;
-            losses.push(out.loss);
-        }
+        let examples = self.prepare(&snapshot, batch)?;
+        let (out, tokens) = self.models.sentence_losses(&examples)?;
         let n = batch.len() as f64;
+        let ru: f64 = out
+            .iter()
+            .map(|o| o.retrieval_utility().unwrap_or(0.0) as f64)
+            .sum();
+        let null_p: f64 = out
+            .iter()
+            .map(|o| o.log_p_z.last().map_or(0.0, |l| l.exp()) as f64)
+            .sum();
+        let losses: Vec<&Tensor> = out.iter().map(|o| &o.loss).collect();
         let loss = (Tensor::stack(&losses, 0)?.sum_all()? / n)?;
         let grads = loss.backward()?;
         let step = self.optimizer.steps();
@@ -524,13 +642,15 @@ impl<'a> Pretrainer<'a> {
     }
 
     /// Masked wordpieces of held-out `sentences` predicted right with retrieval (the current
-    /// snapshot's top-k and the null document) and with the null document alone.
-    pub fn evaluate(&self, sentences: &[MaskedSentence]) -> Result<MaskedHits> {
+    /// snapshot's top-k and the null document) and with the null document alone, `batch`
+    /// sentences per forward pass.
+    pub fn evaluate(&self, sentences: &[MaskedSentence], batch: usize) -> Result<MaskedHits> {
         let snapshot = self.slot.current();
         let mut total = MaskedHits::default();
-        for s in sentences {
-            let (x, docs) = self.prepare(&snapshot, s)?;
-            let hits = self.models.masked_accuracy(&x, &docs)?;
+        for chunk in sentences.chunks(batch.max(1)) {
+            let hits = self
+                .models
+                .masked_accuracy(&self.prepare(&snapshot, chunk)?)?;
             total.with_retrieval += hits.with_retrieval;
             total.null_only += hits.null_only;
             total.masked += hits.masked;
@@ -794,6 +914,55 @@ mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+
+    #[test]
+    fn grouped_forward_batches_by_length_and_restores_the_row_order() {
+        let lengths = [3, 9, 1, 9, 4];
+        // 2 heads of f32: a row of 9 takes 648 bytes, so two of them fill a budget of 1,300.
+        assert_eq!(
+            length_groups(&lengths, 2, 1_300),
+            [vec![1, 3], vec![4, 0, 2]]
+        );
+        assert_eq!(length_groups(&lengths, 2, 100), [[1], [3], [4], [0], [2]]);
+        let rows: Vec<(Vec<u32>, Vec<u32>)> = lengths
+            .iter()
+            .enumerate()
+            .map(|(r, &n)| (vec![r as u32; n], vec![0; n]))
+            .collect();
+        let outputs = [2, 1, 3, 0, 1];
+        let device = Device::Cpu;
+        for (budget, padded) in [
+            (100, [3., 3., 9., 1., 1., 1., 4.]),
+            (1_300, [4., 4., 9., 4., 4., 4., 4.]),
+            (1 << 20, [9.; 7]),
+        ] {
+            let how = Grouping {
+                heads: 2,
+                budget,
+                pad: 99,
+                device: &device,
+            };
+            let got = grouped_forward(&rows, &outputs, &how, |batch, group| {
+                // Each row's outputs: its first id, then its padded length in this group.
+                let ids = batch.ids.to_vec2::<u32>()?;
+                let mut out = Vec::new();
+                for (at, &r) in group.iter().enumerate() {
+                    assert_eq!(ids[at][0], r as u32);
+                    assert_eq!(batch.lengths[at], lengths[r]);
+                    for _ in 0..outputs[r] {
+                        out.extend([ids[at][0] as f32, ids[at].len() as f32]);
+                    }
+                }
+                Ok(Tensor::from_vec(out.clone(), (out.len() / 2, 2), &device)?)
+            })
+            .unwrap();
+            let got = got.to_vec2::<f32>().unwrap();
+            let first: Vec<f32> = got.iter().map(|r| r[0]).collect();
+            assert_eq!(first, [0., 0., 1., 2., 2., 2., 4.], "budget {budget}");
+            let second: Vec<f32> = got.iter().map(|r| r[1]).collect();
+            assert_eq!(second, padded, "budget {budget}");
+        }
+    }
 
     #[test]
     fn splits_sentences_at_terminal_punctuation_before_a_capital() {

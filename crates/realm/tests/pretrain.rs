@@ -8,8 +8,8 @@ use ralm_models::bert::{load_tokenizer, BertForMaskedLM, Mode, Pooling};
 use ralm_realm::finetune::query::QueryTower;
 use ralm_realm::passages::Passage;
 use ralm_realm::pretrain::{
-    exclude_document, mask_sentence, warm_up_reader, MaskedSentence, PretrainConfig, Pretrainer,
-    RealmModels, Specials,
+    exclude_document, mask_sentence, warm_up_reader, Example, MaskedSentence, PretrainConfig,
+    Pretrainer, RealmModels, Specials,
 };
 use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot};
 use ralm_realm::retriever::{passage_text, DenseEncoder};
@@ -85,8 +85,11 @@ fn loss_matches_each_candidate_run_alone_and_reaches_every_parameter() {
             "berlin is a big city in europe, the capital of germany.",
         ),
     ];
-    let refs: Vec<&Passage> = docs.iter().collect();
-    let out = m.sentence_loss(&x, &refs).unwrap();
+    let example = Example {
+        x: x.clone(),
+        docs: docs.iter().collect(),
+    };
+    let out = m.sentence_losses(&[example]).unwrap().0.remove(0);
     assert_eq!(out.log_p_z.len(), 3, "two documents and the null document");
 
     // Direct: every candidate alone (no padding), softmaxes in f64.
@@ -196,6 +199,71 @@ fn loss_matches_each_candidate_run_alone_and_reaches_every_parameter() {
         let without = common::without_gradient(varmap, &grads);
         assert!(without.is_empty(), "{what}: no gradient for {without:?}");
     }
+}
+
+#[test]
+fn a_batch_scores_each_sentence_as_if_it_ran_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = models(tmp.path());
+    let tok = m.docs.body().tokenizer().clone();
+    let docs = [
+        passage("wiki:france:0", "France", "paris is the capital of france."),
+        passage(
+            "wiki:germany:0",
+            "Germany",
+            "berlin is a big city in europe, the capital of germany.",
+        ),
+        passage("wiki:italy:0", "Italy", "rome."),
+    ];
+    // Sentences of different lengths, masked wordpieces and numbers of candidates, so rows
+    // are padded differently in the batch than alone.
+    let mut two = sentence();
+    two.span = (9, 20);
+    let long = MaskedSentence {
+        text: "berlin is a big city in europe, the capital of germany.".into(),
+        span: (0, 6),
+        document: "germany".into(),
+    };
+    let examples = [
+        (sentence(), vec![&docs[1], &docs[2]]),
+        (two, vec![&docs[0]]),
+        (long, vec![]),
+    ]
+    .map(|(s, docs)| Example {
+        x: mask_sentence(&tok, &s, 32, m.specials.mask).unwrap(),
+        docs,
+    });
+    let (batched, tokens) = m.sentence_losses(&examples).unwrap();
+    assert_eq!(batched.len(), 3);
+    let mut alone_tokens = 0;
+    for (e, b) in examples.iter().zip(&batched) {
+        let (mut alone, t) = m.sentence_losses(std::slice::from_ref(e)).unwrap();
+        alone_tokens += t;
+        let a = alone.remove(0);
+        assert_eq!(b.log_p_z.len(), e.docs.len() + 1);
+        let (la, lb) = (
+            a.loss.to_scalar::<f32>().unwrap(),
+            b.loss.to_scalar::<f32>().unwrap(),
+        );
+        assert!((la - lb).abs() < 1e-4 * la.abs().max(1.0), "{la} vs {lb}");
+        for (x, y) in a.log_p_z.iter().zip(&b.log_p_z) {
+            assert!((x - y).abs() < 1e-5, "log p(z|x) {x} vs {y}");
+        }
+        for (x, y) in a.log_p_y.iter().zip(&b.log_p_y) {
+            assert!((x - y).abs() < 1e-4, "log p(y|z,x) {x} vs {y}");
+        }
+    }
+    assert_eq!(tokens, alone_tokens);
+    let together = m.masked_accuracy(&examples).unwrap();
+    let mut apart = ralm_realm::pretrain::MaskedHits::default();
+    for e in &examples {
+        let h = m.masked_accuracy(std::slice::from_ref(e)).unwrap();
+        apart.with_retrieval += h.with_retrieval;
+        apart.null_only += h.null_only;
+        apart.masked += h.masked;
+    }
+    assert_eq!(together, apart);
+    assert_eq!(together.masked, 1 + 2 + 1);
 }
 
 #[test]
@@ -419,13 +487,13 @@ fn held_out_accuracy_counts_masked_wordpieces_and_rises_as_the_reader_learns() {
     let mut two = sentence();
     two.span = (9, 20); // "the capital": two wordpieces
     let batch = vec![sentence(), two];
-    let before = trainer.evaluate(&batch).unwrap();
+    let before = trainer.evaluate(&batch, 2).unwrap();
     assert_eq!(before.masked, 3);
     assert!(before.with_retrieval <= 3 && before.null_only <= 3);
     for _ in 0..60 {
         trainer.step(&batch).unwrap();
     }
-    let after = trainer.evaluate(&batch).unwrap();
+    let after = trainer.evaluate(&batch, 2).unwrap();
     assert_eq!(after.masked, 3);
     assert_eq!(
         (after.with_retrieval, after.null_only),
