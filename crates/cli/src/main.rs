@@ -18,7 +18,7 @@ mod realm;
 mod serve;
 mod translate;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Retrieval-augmented language models: REALM question answering, kNN-LM and kNN-MT.
 #[derive(Parser)]
@@ -80,7 +80,9 @@ fn keep_freed_buffers() {
 fn main() -> anyhow::Result<()> {
     ralm_models::device::flush_denormals();
     keep_freed_buffers();
-    let cli = Cli::parse();
+    // The matches tell options given on the command line from defaults (for config files).
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     device::select(cli.device.as_deref())?;
     match cli.cmd {
         Command::Ask(a) => ask::run(a),
@@ -89,7 +91,7 @@ fn main() -> anyhow::Result<()> {
         Command::Lm(args) => lm::run(args),
         Command::Knnlm(c) => knnlm::run(&c),
         Command::Knnmt(c) => knnmt::run(&c),
-        Command::Realm(c) => realm::run(c),
+        Command::Realm(c) => realm::run(c, &matches),
         Command::Generate(a) => generate::run(&a),
         Command::Translate(args) => translate::run(args),
         Command::Mt(args) => translate::run_mt(args),

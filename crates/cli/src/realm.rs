@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, Subcommand};
 use ralm_models::bert::Pooling;
 use ralm_realm::data::shared_data_dir;
 use ralm_realm::passages::MAX_PASSAGE_WORDPIECES;
@@ -17,7 +18,7 @@ use ralm_realm::pretrain::{
     RealmModels,
 };
 use ralm_realm::qa_index::QaIndex;
-use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot};
+use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot, SnapshotStore};
 use ralm_realm::retriever::{DenseEncoder, MAX_QUESTION_WORDPIECES};
 use ralm_realm::salient::conll::{entity_scores, read_conll, EntityScores, TaggedSentence};
 use ralm_realm::salient::tagger::{EntityTagger, TaggerTrainer, CONLL_LABELS};
@@ -117,14 +118,60 @@ pub struct SpansArgs {
     texts: Vec<String>,
 }
 
-/// Runs `ralm realm ...`.
-pub fn run(cmd: RealmCommand) -> anyhow::Result<()> {
+/// Runs `ralm realm ...`; `matches` are the whole command line's.
+pub fn run(cmd: RealmCommand, matches: &ArgMatches) -> anyhow::Result<()> {
     match cmd {
         RealmCommand::NerTrain(a) => ner_train(a),
         RealmCommand::NerEval(a) => ner_eval(a),
         RealmCommand::Spans(a) => spans(a),
-        RealmCommand::Pretrain(a) => pretrain(a),
+        RealmCommand::Pretrain(a) => {
+            let given = matches
+                .subcommand_matches("realm")
+                .and_then(|m| m.subcommand_matches("pretrain"));
+            let a = match (a.config.clone(), given) {
+                (Some(file), Some(given)) => with_config(a, &file, given)?,
+                _ => a,
+            };
+            pretrain(a)
+        }
     }
+}
+
+/// `args` with the options of the JSON object in `file` (named like the long options, `_` or
+/// `-` between words) in place of those not given on the command line.
+fn with_config(
+    args: PretrainArgs,
+    file: &std::path::Path,
+    given: &ArgMatches,
+) -> anyhow::Result<PretrainArgs> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let options: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a JSON object of options", file.display()))?;
+    let serde_json::Value::Object(mut merged) = serde_json::to_value(&args)? else {
+        anyhow::bail!("the options do not serialize as a JSON object");
+    };
+    for (name, value) in options {
+        let key = name.replace('-', "_");
+        if !merged.contains_key(&key) {
+            anyhow::bail!(
+                "{}: unknown option {name:?} (the options are those of `ralm realm pretrain --help`)",
+                file.display()
+            );
+        }
+        if given.value_source(&key) != Some(ValueSource::CommandLine) {
+            merged.insert(key, value);
+        }
+    }
+    let mut merged: PretrainArgs = serde_json::from_value(serde_json::Value::Object(merged))
+        .with_context(|| {
+            format!(
+                "{}: an option has a value of the wrong type",
+                file.display()
+            )
+        })?;
+    (merged.config, merged.resume) = (args.config, args.resume);
+    Ok(merged)
 }
 
 fn conll_file(data: &Option<PathBuf>, split: &str) -> anyhow::Result<Vec<TaggedSentence>> {
@@ -324,8 +371,14 @@ fn spans(a: SpansArgs) -> anyhow::Result<()> {
 }
 
 /// Options of `ralm realm pretrain`.
-#[derive(Args)]
+#[derive(Args, serde::Serialize, serde::Deserialize)]
 pub struct PretrainArgs {
+    /// JSON file of options (`{"sentences": 2000, "refresh_every": 10}`, named like the long
+    /// options); options given on the command line win. Every run writes the options it used
+    /// to config.json in --out.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
     /// QA index whose passages are the knowledge corpus (`ralm qa index`).
     #[arg(long, default_value = "runs/qa/squad")]
     index: PathBuf,
@@ -335,8 +388,8 @@ pub struct PretrainArgs {
     /// Entity tagger for salient spans (`ralm realm ner-train`); without one, dates only.
     #[arg(long)]
     tagger: Option<PathBuf>,
-    /// Output directory: checkpoint/, train.jsonl, loss.svg, utility.svg, accuracy.svg,
-    /// staleness.svg.
+    /// Output directory: config.json, checkpoint/, snapshots/ (the index snapshots a resumed
+    /// run reads), train.jsonl, loss.svg, utility.svg, accuracy.svg, staleness.svg.
     #[arg(long, default_value = "runs/realm-pretrain")]
     out: PathBuf,
     /// Training sentences (from a seeded sample of the index's passages).
@@ -387,6 +440,7 @@ pub struct PretrainArgs {
     /// --batch and --sentences (or more, to train further): the same sentences are rebuilt and
     /// the run goes on with the next batch.
     #[arg(long)]
+    #[serde(skip)]
     resume: bool,
 }
 
@@ -428,15 +482,33 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         total_steps: total,
         max_sentence_pieces: MAX_QUESTION_WORDPIECES - 2,
     };
-    let (vectors, dim) = index.vectors();
-    let slot = Arc::new(SnapshotSlot::new(DocSnapshot::new(
-        0,
-        0,
-        Instant::now(),
-        vectors,
-        dim,
-    )?));
     let corpus = Arc::new(index.passages().to_vec());
+    let store = Arc::new(SnapshotStore::new(&a.out.join("snapshots"), &corpus));
+    let checkpoint = a.out.join("checkpoint");
+    let resumed = if a.resume {
+        Some(
+            read_checkpoint_state(&checkpoint)
+                .with_context(|| format!("--resume: no checkpoint in {}", a.out.display()))?,
+        )
+    } else if checkpoint.exists() {
+        anyhow::bail!(
+            "{} already holds a checkpoint: pass --resume to continue it, or choose another --out",
+            a.out.display()
+        );
+    } else {
+        None
+    };
+    // The snapshot the checkpoint was reading, or the QA index the run starts from.
+    let first = match resumed.as_ref().map_or(0, |s| s.snapshot_version) {
+        0 => {
+            let (vectors, dim) = index.vectors();
+            DocSnapshot::new(0, 0, Instant::now(), vectors, dim)?
+        }
+        v => store
+            .load(v)
+            .with_context(|| format!("loading the index snapshot {v} of the checkpoint"))?,
+    };
+    let slot = Arc::new(SnapshotSlot::new(first));
     let refresher = (a.refresh_every > 0).then(|| {
         Refresher::spawn(
             slot.clone(),
@@ -444,21 +516,13 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
             Pooling::Mean,
             32,
             device.clone(),
+            Some(store.clone()),
         )
     });
     let tower_copy = a.out.join("refresh-tower");
-    let checkpoint = a.out.join("checkpoint");
-    let mut trainer = if a.resume {
-        read_checkpoint_state(&checkpoint)
-            .with_context(|| format!("--resume: no checkpoint in {}", a.out.display()))?;
+    let mut trainer = if resumed.is_some() {
         Pretrainer::resume(&corpus, slot, &checkpoint, &device, Some(total))?
     } else {
-        if checkpoint.exists() {
-            anyhow::bail!(
-                "{} already holds a checkpoint: pass --resume to continue it, or choose another --out",
-                a.out.display()
-            );
-        }
         let encoder = a.encoder.as_path();
         let models = RealmModels::load(
             [encoder, encoder, encoder],
@@ -471,6 +535,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         Pretrainer::new(&corpus, slot, models, config)?
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    crate::io::write_atomic(&a.out.join("config.json"), &serde_json::to_vec_pretty(&a)?)?;
     let log_path = a.out.join("train.jsonl");
     let mut log = crate::io::open_training_log(&log_path, trainer.step_count())?;
     let done = trainer.step_count();
@@ -594,7 +659,8 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         ));
         pb.inc(chunk.len() as u64);
         if s.step % a.checkpoint_every.max(1) == 0 || s.step == total {
-            trainer.save(&checkpoint)?;
+            let saved = trainer.save(&checkpoint)?;
+            store.prune(saved.snapshot_version)?;
             pb.suspend(|| evaluate(&trainer, &mut log))?;
             log.flush()?;
             plot_pretraining(&a.out)?;
@@ -673,4 +739,46 @@ fn plot_pretraining(out: &std::path::Path) -> anyhow::Result<()> {
         }],
     }
     .save(&out.join("staleness.svg"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Command, FromArgMatches};
+
+    fn parse(args: &[&str]) -> (PretrainArgs, ArgMatches) {
+        let matches = PretrainArgs::augment_args(Command::new("pretrain"))
+            .try_get_matches_from(std::iter::once("pretrain").chain(args.iter().copied()))
+            .unwrap();
+        (PretrainArgs::from_arg_matches(&matches).unwrap(), matches)
+    }
+
+    #[test]
+    fn a_config_file_sets_the_options_not_given_on_the_command_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("run.json");
+        std::fs::write(
+            &file,
+            r#"{"sentences": 2000, "refresh-every": 7, "k": 8, "out": "runs/x", "lr": 1e-4}"#,
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let (args, given) = parse(&["--config", path, "--k", "2", "--resume"]);
+        let a = with_config(args, &file, &given).unwrap();
+        assert_eq!((a.sentences, a.refresh_every, a.k), (2000, 7, 2));
+        assert_eq!((a.out.to_str(), a.lr), (Some("runs/x"), 1e-4));
+        assert_eq!((a.batch, a.mlm_warmup), (4, 50), "defaults stay");
+        assert!(a.resume && a.config.as_deref() == Some(file.as_path()));
+
+        for (text, expect) in [
+            (r#"{"sentence": 10}"#, "unknown option \"sentence\""),
+            (r#"{"k": "four"}"#, "wrong type"),
+            (r#"[1, 2]"#, "not a JSON object"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let (args, given) = parse(&["--config", path]);
+            let err = format!("{:#}", with_config(args, &file, &given).err().unwrap());
+            assert!(err.contains(expect) && err.contains("run.json"), "{err}");
+        }
+    }
 }

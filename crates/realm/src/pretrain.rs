@@ -660,8 +660,9 @@ impl<'a> Pretrainer<'a> {
 
     /// Writes `dir` (replaced whole): `reader/` (HF `BertForMaskedLM`), `input/` and `docs/`
     /// (HF BERT directories), `optimizer.safetensors` (AdamW moments and step) and
-    /// `pretrain.json` (format, settings, updates taken).
-    pub fn save(&self, dir: &Path) -> Result<()> {
+    /// `pretrain.json` (format, settings, updates taken, the index snapshot being read), and
+    /// returns what `pretrain.json` says.
+    pub fn save(&self, dir: &Path) -> Result<CheckpointState> {
         let m = &self.models;
         let state = CheckpointState {
             format: FORMAT.into(),
@@ -672,6 +673,7 @@ impl<'a> Pretrainer<'a> {
             doc_max_len: m.doc_max_len(),
             max_doc_pieces: m.max_doc_pieces,
             scale: m.scale,
+            snapshot_version: self.slot.current().version,
         };
         let bytes = serde_json::to_vec_pretty(&state)
             .map_err(|e| RealmError::Invalid(format!("pre-training state: {e}")))?;
@@ -683,7 +685,8 @@ impl<'a> Pretrainer<'a> {
             write_atomic(&tmp.join(STATE_FILE), |w| {
                 std::io::Write::write_all(w, &bytes)
             })
-        })
+        })?;
+        Ok(state)
     }
 
     /// Continues from the checkpoint `dir`: the models and how they read their inputs, the
@@ -749,6 +752,10 @@ pub struct CheckpointState {
     pub max_doc_pieces: usize,
     /// Scale of inner products in `p(z|x)`.
     pub scale: f64,
+    /// Version of the index snapshot the trainer was reading (0: the run's starting index;
+    /// also what checkpoints written before snapshots were kept say).
+    #[serde(default)]
+    pub snapshot_version: u64,
 }
 
 const FORMAT: &str = "ralm-realm-pretrain";

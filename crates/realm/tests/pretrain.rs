@@ -11,7 +11,7 @@ use ralm_realm::pretrain::{
     exclude_document, mask_sentence, warm_up_reader, Example, MaskedSentence, PretrainConfig,
     Pretrainer, RealmModels, Specials,
 };
-use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot};
+use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot, SnapshotStore};
 use ralm_realm::retriever::{passage_text, DenseEncoder};
 use rand::SeedableRng;
 use std::sync::Arc;
@@ -355,7 +355,15 @@ fn refresher_reembeds_the_corpus_and_the_trainer_reports_staleness() {
     let (passages, slot) = capitals(5);
     let dim = 16;
     let corpus = Arc::new(passages.clone());
-    let refresher = Refresher::spawn(slot.clone(), corpus, Pooling::Mean, 8, Device::Cpu);
+    let store = Arc::new(SnapshotStore::new(&tmp.path().join("snapshots"), &passages));
+    let refresher = Refresher::spawn(
+        slot.clone(),
+        corpus,
+        Pooling::Mean,
+        8,
+        Device::Cpu,
+        Some(store.clone()),
+    );
     let config = tiny_config(1e-3, 1e-3, 0, 10);
     let mut trainer = Pretrainer::new(&passages, slot.clone(), m, config).unwrap();
     let batch = vec![
@@ -403,6 +411,64 @@ fn refresher_reembeds_the_corpus_and_the_trainer_reports_staleness() {
     assert_eq!((second.snapshot_version, second.staleness_steps), (1, 0));
     let third = trainer.step(&batch).unwrap();
     assert_eq!((third.snapshot_version, third.staleness_steps), (1, 1));
+
+    // The refresher kept the snapshot on disk, and a checkpoint names it: a resumed run reads
+    // the same vectors, with the same copy time.
+    let saved = trainer.save(&tmp.path().join("checkpoint")).unwrap();
+    assert_eq!(saved.snapshot_version, 1);
+    let back = store.load(1).unwrap();
+    assert_eq!((back.version, back.params_step, back.len()), (1, 1, 3));
+    let age = |t: Instant| t.elapsed().as_secs_f64();
+    assert!((age(back.taken) - age(snap.taken)).abs() < 0.5);
+    for (i, row) in vectors.chunks(dim).enumerate() {
+        assert_eq!(
+            back.search(row, 3).unwrap(),
+            snap.search(row, 3).unwrap(),
+            "row {i}"
+        );
+    }
+}
+
+#[test]
+fn snapshot_store_refuses_another_corpus_or_a_cut_file_and_prunes_old_versions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (passages, _) = capitals(5);
+    let dir = tmp.path().join("snapshots");
+    let store = SnapshotStore::new(&dir, &passages);
+    let dim = 4;
+    let vectors: Vec<f32> = (0..passages.len() * dim).map(|i| i as f32).collect();
+    for v in 1..=3 {
+        store
+            .save(v, 10 * v as usize, Instant::now(), &vectors, dim)
+            .unwrap();
+    }
+    assert!(store
+        .save(4, 40, Instant::now(), &vectors[1..], dim)
+        .is_err());
+    assert_eq!(store.load(2).unwrap().params_step, 20);
+
+    let other = SnapshotStore::new(&dir, &passages[..2]);
+    let err = other.load(2).err().unwrap().to_string();
+    assert!(
+        err.contains("snapshot.json") && err.contains("corpus"),
+        "{err}"
+    );
+    let mut renamed = passages.clone();
+    renamed[0].id = "wiki:elsewhere:0".into();
+    assert!(SnapshotStore::new(&dir, &renamed).load(2).is_err());
+
+    let file = dir.join("v2/vectors.f32");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 4]).unwrap();
+    let err = store.load(2).err().unwrap().to_string();
+    assert!(
+        err.contains("vectors.f32") && err.contains("bytes"),
+        "{err}"
+    );
+
+    store.prune(3).unwrap();
+    assert!(!dir.join("v1").exists() && !dir.join("v2").exists());
+    assert_eq!(store.load(3).unwrap().version, 3);
 }
 
 /// Three capital-city passages and a snapshot of arbitrary vectors (`(i % modulus)`) over them.

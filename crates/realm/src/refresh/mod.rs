@@ -2,7 +2,12 @@
 //! (passage vectors made by one version of the document tower), while a [`Refresher`] thread
 //! re-embeds the corpus with a saved copy of the tower and swaps the new snapshot in whole. The
 //! trainer never waits: it offers a copy only when the refresher is idle, and a search holds its
-//! snapshot (an `Arc`) to the end, so it never sees a mix of two versions.
+//! snapshot (an `Arc`) to the end, so it never sees a mix of two versions. The refresher runs
+//! at the lowest scheduling priority, so it takes only the cycles the trainer leaves idle.
+
+mod store;
+
+pub use store::SnapshotStore;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -116,6 +121,15 @@ struct Job {
     tower: PathBuf,
 }
 
+/// Lowers the calling thread to the lowest scheduling priority (nice 19), where the OS allows.
+fn lowest_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority only changes the scheduling priority of the calling thread (its tid).
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+    }
+}
+
 /// The background index builder. Dropping it stops the thread after the refresh under way,
 /// whose result is then discarded; a process that exits meanwhile abandons that refresh.
 pub struct Refresher {
@@ -127,26 +141,38 @@ pub struct Refresher {
 impl Refresher {
     /// Starts the builder thread: each job re-embeds `passages` with the document tower saved in
     /// the job's directory (an HF BERT directory, pooled with `pooling`, `batch` passages per
-    /// forward pass on `device`) and publishes the result into `slot`.
+    /// forward pass on `device`), saves the result in `store` when given, and publishes it into
+    /// `slot`.
     pub fn spawn(
         slot: Arc<SnapshotSlot>,
         passages: Arc<Vec<Passage>>,
         pooling: Pooling,
         batch: usize,
         device: Device,
+        store: Option<Arc<SnapshotStore>>,
     ) -> Self {
         let (jobs, inbox) = mpsc::sync_channel::<Job>(1);
         let (outbox, reports) = mpsc::channel();
         let busy = Arc::new(AtomicBool::new(false));
         let flag = busy.clone();
         std::thread::spawn(move || {
+            lowest_priority();
+            // Its own worker threads, so that the trainer's keep their priority.
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(rayon::current_num_threads())
+                .thread_name(|i| format!("refresh-{i}"))
+                .start_handler(|_| lowest_priority())
+                .build();
             let first = slot.current().version + 1;
             for (version, job) in (first..).zip(inbox) {
-                let result = (|| {
+                let build = || -> Result<RefreshReport> {
                     let encoder = DenseEncoder::load(&job.tower, pooling, batch, &device)?;
                     let dim = encoder.dim();
                     let tokens = encoder.tokenize_passages(&passages)?;
                     let vectors = encoder.encode_tokenized(&tokens)?;
+                    if let Some(store) = &store {
+                        store.save(version, job.step, job.taken, &vectors, dim)?;
+                    }
                     let snapshot = DocSnapshot::new(version, job.step, job.taken, &vectors, dim)?;
                     slot.publish(Arc::new(snapshot));
                     Ok(RefreshReport {
@@ -154,7 +180,11 @@ impl Refresher {
                         params_step: job.step,
                         seconds: job.taken.elapsed().as_secs_f64(),
                     })
-                })();
+                };
+                let result = match &pool {
+                    Ok(pool) => pool.install(build),
+                    Err(_) => build(),
+                };
                 flag.store(false, Ordering::SeqCst);
                 if outbox.send(result).is_err() {
                     break;
