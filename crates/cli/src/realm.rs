@@ -457,7 +457,19 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     // Enough passages for two usable sentences each (most give more).
     passages.truncate((a.sentences + a.eval_sentences).div_ceil(2).max(1));
     let finder = SalientSpans::new(tagger);
-    let mut sentences = masked_sentences(&passages, &finder, 6..=60, PREDICT_BATCH, &mut rng)?;
+    let tagging = bar(0, "spans");
+    let mut sentences = masked_sentences(
+        &passages,
+        &finder,
+        6..=60,
+        PREDICT_BATCH,
+        &mut rng,
+        |done, total| {
+            tagging.set_length(total as u64);
+            tagging.set_position(done as u64);
+        },
+    )?;
+    tagging.finish_and_clear();
     // The training sentences, and at least one held-out sentence when any are asked for.
     if sentences.len() < a.sentences + usize::from(a.eval_sentences > 0) {
         anyhow::bail!(
@@ -588,14 +600,18 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     if done == 0 {
         if a.mlm_warmup > 0 {
             let t0 = Instant::now();
+            let warming = bar(a.mlm_warmup, "MLM warm-up");
             let losses = warm_up_reader(
                 trainer.models(),
                 &sentences,
-                a.mlm_warmup,
-                batch,
-                a.lr,
+                (a.mlm_warmup, batch, a.lr),
                 &mut rng,
+                |loss| {
+                    warming.set_message(format!("loss {loss:.2}"));
+                    warming.inc(1);
+                },
             )?;
+            warming.finish_and_clear();
             for (i, l) in losses.iter().enumerate() {
                 writeln!(
                     log,

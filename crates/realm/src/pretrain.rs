@@ -780,14 +780,14 @@ const WARMUP_MASK_RATE: f64 = 0.15;
 /// Warms the fresh MLM head (and the reader's body) up with plain masked-language modelling on
 /// `sentences` before pre-training: `[CLS] x [SEP]` with 15 % of the wordpieces (at least one)
 /// masked at random, no document, `steps` AdamW updates of `batch` sentences at learning rate
-/// `lr` (linear decay). The towers are untouched. Returns the loss of every update.
+/// `lr` (linear decay). The towers are untouched. Returns the loss of every update, which
+/// `progress` also gets as it goes.
 pub fn warm_up_reader(
     models: &RealmModels,
     sentences: &[MaskedSentence],
-    steps: usize,
-    batch: usize,
-    lr: f64,
+    (steps, batch, lr): (usize, usize, f64),
     rng: &mut impl rand::Rng,
+    mut progress: impl FnMut(f64),
 ) -> Result<Vec<f64>> {
     if sentences.is_empty() || batch == 0 {
         return Err(RealmError::Invalid(
@@ -855,7 +855,9 @@ pub fn warm_up_reader(
             BertForMaskedLM::masked_lm_loss(&logits, &Tensor::new(targets.as_slice(), &device)?)?;
         let grads = loss.backward()?;
         optimizer.step(&grads, linear_schedule(step, 0, steps, lr))?;
-        losses.push(loss.to_scalar::<f32>()? as f64);
+        let loss = loss.to_scalar::<f32>()? as f64;
+        progress(loss);
+        losses.push(loss);
     }
     Ok(losses)
 }
@@ -884,13 +886,14 @@ pub fn split_sentences(text: &str) -> Vec<&str> {
 
 /// Pre-training sentences from `passages`: every sentence of `min_words..=max_words` words,
 /// its span chosen by [`choose_span`] among the salient spans `finder` finds (batches of
-/// `batch`), sentences without any word skipped.
+/// `batch`), sentences without any word skipped. `progress(done, total)` follows the tagging.
 pub fn masked_sentences(
     passages: &[Passage],
     finder: &SalientSpans,
     words: std::ops::RangeInclusive<usize>,
     batch: usize,
     rng: &mut impl rand::Rng,
+    mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<MaskedSentence>> {
     let mut pool: Vec<(&str, &str)> = Vec::new();
     for p in passages {
@@ -901,7 +904,8 @@ pub fn masked_sentences(
         }
     }
     let mut out = Vec::with_capacity(pool.len());
-    for chunk in pool.chunks(batch.max(1)) {
+    for (i, chunk) in pool.chunks(batch.max(1)).enumerate() {
+        progress(i * batch.max(1), pool.len());
         let texts: Vec<&str> = chunk.iter().map(|(s, _)| *s).collect();
         for ((text, document), spans) in chunk.iter().zip(finder.find(&texts)?) {
             if let Some(span) = choose_span(text, &spans, rng) {
@@ -913,6 +917,7 @@ pub fn masked_sentences(
             }
         }
     }
+    progress(pool.len(), pool.len());
     Ok(out)
 }
 
@@ -1003,7 +1008,7 @@ mod tests {
         ];
         let finder = SalientSpans::new(None);
         let mut rng = StdRng::seed_from_u64(0);
-        let s = masked_sentences(&passages, &finder, 6..=60, 2, &mut rng).unwrap();
+        let s = masked_sentences(&passages, &finder, 6..=60, 2, &mut rng, |_, _| {}).unwrap();
         assert_eq!(s.len(), 3, "the two-word sentence is too short");
         assert_eq!(&s[0].text[s[0].span.0..s[0].span.1], "11 December 1972");
         assert_eq!(s[0].document, "Apollo 17");

@@ -602,8 +602,11 @@ fn mlm_warm_up_trains_the_reader_alone() {
         },
     ];
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let losses = warm_up_reader(&m, &sentences, 200, 2, 1e-2, &mut rng).unwrap();
+    let mut seen = Vec::new();
+    let losses =
+        warm_up_reader(&m, &sentences, (200, 2, 1e-2), &mut rng, |l| seen.push(l)).unwrap();
     assert_eq!(losses.len(), 200);
+    assert_eq!(seen, losses);
     let first: f64 = losses[..10].iter().sum::<f64>() / 10.0;
     let last: f64 = losses[190..].iter().sum::<f64>() / 10.0;
     assert!(last < 0.5 * first, "MLM loss {first:.3} -> {last:.3}");

@@ -111,7 +111,7 @@ pub(crate) fn softmax(x: &Tensor, mode: Mode) -> Result<Tensor> {
 /// Dropout with probability `p`, applied only in training mode.
 pub(crate) fn dropout(x: &Tensor, p: f64, mode: Mode) -> Result<Tensor> {
     match mode {
-        Mode::Train if p > 0.0 => candle_nn::ops::dropout(x, p as f32),
+        Mode::Train if p > 0.0 => crate::fast_ops::train::dropout(x, p as f32),
         _ => Ok(x.clone()),
     }
 }
