@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Pack what the GPU check needs into .gpu/ (git-ignored; the device tool carries it): the CUDA
 # `ralm` binary (stripped, gzipped), MiniLM (int8 rows) with its config and tokenizer, SmolLM2's
-# tokenizer, the Wikipedia corpus and small data.
+# tokenizer, the Wikipedia corpus and small data; with EXAMPLES=FILE, the masked sentences of
+# `ralm realm examples` for pretrain.sh.
 #   scripts/gpu/bundle.sh        (after scripts/build-cuda.sh)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -28,5 +29,9 @@ data=${RALM_DATA_DIR:-../shared/data}
 cp -r "$data/qa/squad-open" "$out.tmp/data/qa/"
 cp -r "$data/lm/wikitext-2" "$out.tmp/data/lm/"
 cp scripts/gpu/{random_models.py,int8_weights.py} "$out.tmp/"
+if [ -n "${EXAMPLES:-}" ]; then
+  mkdir -p "$out.tmp/pretrain"
+  cp "$EXAMPLES" "$out.tmp/pretrain/examples.jsonl"
+fi
 rm -rf "$out"; mv "$out.tmp" "$out"
 du -sh "$out"/* | sort -h

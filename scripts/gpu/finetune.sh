@@ -17,10 +17,7 @@ BUNDLE=${1:-.gpu} WORK=${2:-/tmp/ralm-ft}
 source "$(dirname "$0")/lib.sh"
 
 m=$work/minilm
-mkdir -p "$m"
-cp "$bundle"/minilm/{config.json,tokenizer.json,vocab.txt} "$m/"
-step unpack 120 python3 "$bundle/int8_weights.py" unpack "$bundle/minilm/model.int8.safetensors" \
-  "$m/model.safetensors"
+real_minilm "$m"
 
 if [ -n "${NO_WIKI:-}" ]; then
   corpus=(--no-wiki)

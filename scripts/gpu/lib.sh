@@ -1,4 +1,4 @@
-# Shared by the GPU scripts (check.sh, finetune.sh); sourced, not run.
+# Shared by the GPU scripts (check.sh, finetune.sh, pretrain.sh); sourced, not run.
 #   BUNDLE (.gpu, made by bundle.sh), WORK: set by the caller before sourcing.
 #   RALM: a `ralm` binary to use instead of the bundle's (a CPU dry run here); DEVICE: cuda.
 #   BUDGET_S: the whole script's budget in seconds (default 540).
@@ -48,6 +48,14 @@ step() {
     "$work/$name.util" 2>/dev/null)
   grep '^RESULT ' "$work/$name.log" | sed "s/^RESULT /$name /" >>"$results"
   printf 'STEP %s rc=%s seconds=%.1f gpu_util=%s\n' "$name" "$rc" "$secs" "${util:--}" >>"$results"
+}
+
+# real_minilm DIR: the bundle's MiniLM (int8 rows) unpacked to an f32 HF directory in DIR.
+real_minilm() {
+  mkdir -p "$1"
+  cp "$bundle"/minilm/{config.json,tokenizer.json,vocab.txt} "$1/"
+  step unpack 120 python3 "$bundle/int8_weights.py" unpack "$bundle/minilm/model.int8.safetensors" \
+    "$1/model.safetensors"
 }
 
 # report TITLE: prints the table of the steps run so far.

@@ -33,7 +33,7 @@ pub struct AskArgs {
 
 /// Runs `ralm ask`.
 pub fn run(a: AskArgs) -> anyhow::Result<()> {
-    let system = a.reader.system(&a.index, &a.models)?.system;
+    let system = a.reader.system(&a.index, &a.models, true)?.system;
     let result = system.ask(&a.question, a.reader.k, a.reader.retriever)?;
     for w in &result.warnings {
         eprintln!("warning: {w}");

@@ -187,18 +187,24 @@ impl Chart {
     }
 }
 
-/// A training-loss chart: the loss per update and its running mean over `window` updates.
-pub fn loss_curve(title: &str, loss: Vec<(f64, f64)>, window: usize) -> Chart {
+/// Each point's y replaced by the mean of it and the `window - 1` points before it.
+pub fn running_mean(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
     let window = window.max(1);
-    let smooth: Vec<(f64, f64)> = (0..loss.len())
+    (0..points.len())
         .map(|i| {
-            let part = &loss[i.saturating_sub(window - 1)..=i];
+            let part = &points[i.saturating_sub(window - 1)..=i];
             (
-                loss[i].0,
+                points[i].0,
                 part.iter().map(|p| p.1).sum::<f64>() / part.len() as f64,
             )
         })
-        .collect();
+        .collect()
+}
+
+/// A training-loss chart: the loss per update and its running mean over `window` updates.
+pub fn loss_curve(title: &str, loss: Vec<(f64, f64)>, window: usize) -> Chart {
+    let window = window.max(1);
+    let smooth = running_mean(&loss, window);
     Chart {
         title: title.into(),
         x_label: "update".into(),

@@ -125,9 +125,10 @@ impl ReaderArgs {
         }
     }
 
-    /// Opens the QA index in `dir` with the models named by `models` and `self`. A fine-tuned
-    /// query tower is accepted only when it was trained against the index's document encoder.
-    pub fn system(&self, dir: &Path, models: &ModelArgs) -> anyhow::Result<Loaded> {
+    /// Opens the QA index in `dir` with the models named by `models` and `self`, the reader
+    /// only when `read`. A fine-tuned query tower is accepted only when it was trained against
+    /// the index's document encoder.
+    pub fn system(&self, dir: &Path, models: &ModelArgs, read: bool) -> anyhow::Result<Loaded> {
         let (gguf, checkpoint) = self.choice()?;
         let document = models.encoder()?;
         let index = QaIndex::open(dir, &document)
@@ -144,11 +145,12 @@ impl ReaderArgs {
             },
         };
         let reader = match (gguf, extractive) {
-            (Some(g), _) => Reader::Generative(
+            _ if !read => None,
+            (Some(g), _) => Some(Reader::Generative(
                 GenerativeReader::load(&g, &crate::device::current())
                     .with_context(|| format!("loading reader {}", g.display()))?,
-            ),
-            (None, Some(r)) => Reader::Extractive(r),
+            )),
+            (None, Some(r)) => Some(Reader::Extractive(r)),
             (None, None) => anyhow::bail!("no reader selected"),
         };
         Ok(Loaded {
@@ -195,7 +197,8 @@ struct EvalArgs {
     /// Questions for retrieval recall (an evenly spaced sample; 0 = all).
     #[arg(long, default_value_t = 0)]
     limit: usize,
-    /// Questions (the first of the sample) answered by the generative reader; 0 = none.
+    /// Questions (the first of the sample) answered by the reader; 0 = none (recall only, no
+    /// reader loaded).
     #[arg(long, default_value_t = 200)]
     reader_limit: usize,
     /// Seed of split_by_article (squad-open).
@@ -388,7 +391,7 @@ fn retrievers(loaded: &Loaded) -> Vec<(&'static str, RetrieverKind, &DenseEncode
 
 fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let questions = eval_questions(&a)?;
-    let loaded = a.reader.system(&a.index, &a.models)?;
+    let loaded = a.reader.system(&a.index, &a.models, a.reader_limit > 0)?;
     let system = &loaded.system;
     let passages = system.index.passages();
     eprintln!(

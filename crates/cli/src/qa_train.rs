@@ -174,7 +174,7 @@ fn evaluate(
     let system = QaSystem {
         index: QaIndex::open(&a.index, document)?,
         encoder: ft.query,
-        reader: Reader::Extractive(ft.reader),
+        reader: Some(Reader::Extractive(ft.reader)),
         score_scale: a.scale,
     };
     let s = score_reader(

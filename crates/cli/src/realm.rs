@@ -12,10 +12,10 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Subcommand};
 use ralm_models::bert::Pooling;
 use ralm_realm::data::shared_data_dir;
-use ralm_realm::passages::MAX_PASSAGE_WORDPIECES;
+use ralm_realm::passages::{Passage, MAX_PASSAGE_WORDPIECES};
 use ralm_realm::pretrain::{
-    masked_sentences, read_checkpoint_state, warm_up_reader, PretrainConfig, Pretrainer,
-    RealmModels,
+    masked_sentences, read_checkpoint_state, read_examples, warm_up_reader, warm_up_texts,
+    write_examples, MaskedSentence, PretrainConfig, Pretrainer, RealmModels,
 };
 use ralm_realm::qa_index::QaIndex;
 use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot, SnapshotStore};
@@ -28,7 +28,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::json;
 
-use crate::plot::{loss_curve, Chart, Series};
+use crate::plot::{loss_curve, running_mean, Chart, Series};
 use crate::qa_dense::bar;
 
 /// Sentences per forward pass when tagging.
@@ -43,9 +43,15 @@ pub enum RealmCommand {
     NerEval(NerEvalArgs),
     /// Show the salient spans of texts and the span REALM would mask.
     Spans(SpansArgs),
+    /// Write the masked sentences pre-training would draw from an index (JSONL), so that runs
+    /// share them and a machine without the tagger can train on them (`pretrain --examples`).
+    Examples(ExamplesArgs),
     /// Pre-train the knowledge-augmented encoder and both retriever towers on salient-span
     /// masked sentences, retrieving from a QA index that a background builder refreshes.
     Pretrain(PretrainArgs),
+    /// Charts comparing pre-training runs (an ablation and its baseline): running means of the
+    /// loss and of the retrieval utility, and held-out accuracy, one line per run.
+    Compare(CompareArgs),
 }
 
 /// Options of `ralm realm ner-train`.
@@ -124,6 +130,8 @@ pub fn run(cmd: RealmCommand, matches: &ArgMatches) -> anyhow::Result<()> {
         RealmCommand::NerTrain(a) => ner_train(a),
         RealmCommand::NerEval(a) => ner_eval(a),
         RealmCommand::Spans(a) => spans(a),
+        RealmCommand::Examples(a) => examples(a),
+        RealmCommand::Compare(a) => compare(a),
         RealmCommand::Pretrain(a) => {
             let given = matches
                 .subcommand_matches("realm")
@@ -370,6 +378,72 @@ fn spans(a: SpansArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Options of `ralm realm examples`.
+#[derive(Args)]
+pub struct ExamplesArgs {
+    /// QA index whose passages the sentences come from (`ralm qa index`).
+    #[arg(long, default_value = "runs/qa/squad")]
+    index: PathBuf,
+    /// The index's document encoder (the index is checked against it).
+    #[arg(long, default_value = "models/minilm")]
+    encoder: PathBuf,
+    /// Entity tagger for salient spans (`ralm realm ner-train`); without one, dates only.
+    #[arg(long)]
+    tagger: Option<PathBuf>,
+    /// Sentences to write: pre-training's --sentences plus --eval-sentences.
+    #[arg(long, default_value_t = 240)]
+    sentences: usize,
+    /// Seed of the passage sample and the span choice (pre-training's --seed draws the same).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output file (JSON lines: text, span as a byte range, document).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn examples(a: ExamplesArgs) -> anyhow::Result<()> {
+    let document = DenseEncoder::load(&a.encoder, Pooling::Mean, 32, &crate::device::current())
+        .with_context(|| format!("loading encoder {}", a.encoder.display()))?;
+    let index = QaIndex::open(&a.index, &document)
+        .with_context(|| format!("opening QA index {}", a.index.display()))?;
+    let mut examples = sample_examples(index.passages(), a.tagger.as_deref(), a.sentences, a.seed)?;
+    examples.truncate(a.sentences);
+    write_examples(&a.out, &examples)?;
+    eprintln!("{} masked sentences in {}", examples.len(), a.out.display());
+    Ok(())
+}
+
+/// Masked sentences from a seeded sample of `passages`, enough for `wanted` of them (most
+/// passages give more than two), their spans found with the tagger in `tagger` (dates only
+/// without one), in sample order.
+fn sample_examples(
+    passages: &[Passage],
+    tagger: Option<&std::path::Path>,
+    wanted: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<MaskedSentence>> {
+    let tagger = tagger.map(load_tagger).transpose()?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut passages = passages.to_vec();
+    passages.shuffle(&mut rng);
+    passages.truncate(wanted.div_ceil(2).max(1));
+    let finder = SalientSpans::new(tagger);
+    let tagging = bar(0, "spans");
+    let found = masked_sentences(
+        &passages,
+        &finder,
+        6..=60,
+        PREDICT_BATCH,
+        &mut rng,
+        |done, total| {
+            tagging.set_length(total as u64);
+            tagging.set_position(done as u64);
+        },
+    )?;
+    tagging.finish_and_clear();
+    Ok(found)
+}
+
 /// Options of `ralm realm pretrain`.
 #[derive(Args, serde::Serialize, serde::Deserialize)]
 pub struct PretrainArgs {
@@ -388,6 +462,11 @@ pub struct PretrainArgs {
     /// Entity tagger for salient spans (`ralm realm ner-train`); without one, dates only.
     #[arg(long)]
     tagger: Option<PathBuf>,
+    /// Masked sentences from `ralm realm examples` to train on instead of tagging a sample of
+    /// the index's passages here: the first --sentences train, the next --eval-sentences are
+    /// held out.
+    #[arg(long)]
+    examples: Option<PathBuf>,
     /// Output directory: config.json, checkpoint/, snapshots/ (the index snapshots a resumed
     /// run reads), train.jsonl, loss.svg, utility.svg, accuracy.svg, staleness.svg.
     #[arg(long, default_value = "runs/realm-pretrain")]
@@ -427,10 +506,14 @@ pub struct PretrainArgs {
     /// Seed of the passage sample and the span choice.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Plain-MLM updates that warm the fresh MLM head up on the training sentences before
-    /// pre-training (not when resuming).
+    /// Plain-MLM updates (of --batch passages, their first 128 wordpieces) that warm the fresh
+    /// MLM head up before pre-training, on the passages of documents that gave no sentence, so
+    /// the reader never reads the sentences it must fill in (not when resuming).
     #[arg(long, default_value_t = 50)]
     mlm_warmup: usize,
+    /// Peak learning rate of the MLM warm-up (its head starts fresh, so higher than --lr).
+    #[arg(long, default_value_t = 1e-4)]
+    mlm_lr: f64,
     /// Held-out sentences (after the training ones) whose masked wordpieces are predicted at the
     /// start and at every checkpoint, with retrieval and with the null document only.
     #[arg(long, default_value_t = 40)]
@@ -450,35 +533,32 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading encoder {}", a.encoder.display()))?;
     let index = QaIndex::open(&a.index, &document)
         .with_context(|| format!("opening QA index {}", a.index.display()))?;
-    let tagger = a.tagger.as_deref().map(load_tagger).transpose()?;
-    let mut rng = StdRng::seed_from_u64(a.seed);
-    let mut passages = index.passages().to_vec();
-    passages.shuffle(&mut rng);
-    // Enough passages for two usable sentences each (most give more).
-    passages.truncate((a.sentences + a.eval_sentences).div_ceil(2).max(1));
-    let finder = SalientSpans::new(tagger);
-    let tagging = bar(0, "spans");
-    let mut sentences = masked_sentences(
-        &passages,
-        &finder,
-        6..=60,
-        PREDICT_BATCH,
-        &mut rng,
-        |done, total| {
-            tagging.set_length(total as u64);
-            tagging.set_position(done as u64);
-        },
-    )?;
-    tagging.finish_and_clear();
+    let (mut sentences, source) = match &a.examples {
+        Some(file) => (
+            read_examples(file)?,
+            format!("masked sentences in {}", file.display()),
+        ),
+        None => (
+            sample_examples(
+                index.passages(),
+                a.tagger.as_deref(),
+                a.sentences + a.eval_sentences,
+                a.seed,
+            )?,
+            "sentences of 6 to 60 words in the sampled passages".to_string(),
+        ),
+    };
     // The training sentences, and at least one held-out sentence when any are asked for.
     if sentences.len() < a.sentences + usize::from(a.eval_sentences > 0) {
         anyhow::bail!(
-            "{} sentences of 6 to 60 words in the sampled passages: fewer than --sentences {} \
-             plus held-out ones",
+            "{} {source}: fewer than --sentences {} plus held-out ones",
             sentences.len(),
             a.sentences
         );
     }
+    // The reader warms up on the passages of documents that gave no sentence.
+    let warm_up_text = warm_up_texts(index.passages(), &sentences);
+    let mut rng = StdRng::seed_from_u64(a.seed.wrapping_add(1));
     let held_out: Vec<_> = sentences
         .split_off(a.sentences)
         .into_iter()
@@ -599,12 +679,18 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     };
     if done == 0 {
         if a.mlm_warmup > 0 {
+            if warm_up_text.is_empty() {
+                anyhow::bail!(
+                    "every document of the index gave a sentence, so none is left for the MLM \
+                     warm-up: use a larger index, fewer sentences or --mlm-warmup 0"
+                );
+            }
             let t0 = Instant::now();
             let warming = bar(a.mlm_warmup, "MLM warm-up");
             let losses = warm_up_reader(
                 trainer.models(),
-                &sentences,
-                (a.mlm_warmup, batch, a.lr),
+                &warm_up_text,
+                (a.mlm_warmup, batch, a.mlm_lr),
                 &mut rng,
                 |loss| {
                     warming.set_message(format!("loss {loss:.2}"));
@@ -694,49 +780,162 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Options of `ralm realm compare`.
+#[derive(Args)]
+pub struct CompareArgs {
+    /// Output directories of `ralm realm pretrain`; each run is named by its directory's name.
+    #[arg(required = true, num_args = 2..)]
+    runs: Vec<PathBuf>,
+    /// Updates in each running mean.
+    #[arg(long, default_value_t = 50)]
+    window: usize,
+    /// Directory for loss.svg, utility.svg and accuracy.svg.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn compare(a: CompareArgs) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for dir in &a.runs {
+        let name = dir
+            .file_name()
+            .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
+        runs.push((name, PretrainLog::read(dir)?));
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let means = |pick: fn(&PretrainLog) -> &Vec<(f64, f64)>| -> Vec<Series> {
+        runs.iter()
+            .map(|(name, log)| Series {
+                name: name.clone(),
+                points: running_mean(pick(log), a.window),
+            })
+            .collect()
+    };
+    let mut accuracy = Vec::new();
+    for (name, log) in &runs {
+        accuracy.push(Series {
+            name: format!("{name}: retrieval"),
+            points: log.with_retrieval.clone(),
+        });
+        accuracy.push(Series {
+            name: format!("{name}: null only"),
+            points: log.null_only.clone(),
+        });
+    }
+    let line = |title: &str, y: &str, series| Chart {
+        title: format!("{title} (mean of {} updates)", a.window),
+        x_label: "update".into(),
+        y_label: y.into(),
+        log_x: false,
+        series,
+    };
+    line(
+        "Pre-training loss",
+        "−log Σ p(z|x) p(y|z,x)",
+        means(|l| &l.loss),
+    )
+    .save(&a.out.join("loss.svg"))?;
+    line(
+        "Retrieval utility of the top document",
+        "log p(y|z,x) − log p(y|∅,x)",
+        means(|l| &l.utility),
+    )
+    .save(&a.out.join("utility.svg"))?;
+    accuracy_chart(accuracy).save(&a.out.join("accuracy.svg"))?;
+    for (name, log) in &runs {
+        let mean = |p: &[(f64, f64)]| p.iter().map(|p| p.1).sum::<f64>() / p.len().max(1) as f64;
+        let half = log.utility.len() / 2;
+        eprintln!(
+            "{name}: {} updates, RU {:+.3} in the first half and {:+.3} in the second, held-out accuracy {}",
+            log.utility.len(),
+            mean(&log.utility[..half]),
+            mean(&log.utility[half..]),
+            log.with_retrieval
+                .iter()
+                .zip(&log.null_only)
+                .map(|(r, n)| format!("{:.1}/{:.1}% at {}", r.1, n.1, r.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    eprintln!("charts in {}", a.out.display());
+    Ok(())
+}
+
+/// The curves of a pre-training log (`train.jsonl`), against the update.
+#[derive(Default)]
+struct PretrainLog {
+    loss: Vec<(f64, f64)>,
+    utility: Vec<(f64, f64)>,
+    staleness: Vec<(f64, f64)>,
+    /// Held-out accuracy (%) with retrieval and with the null document only.
+    with_retrieval: Vec<(f64, f64)>,
+    null_only: Vec<(f64, f64)>,
+}
+
+impl PretrainLog {
+    /// Reads `dir/train.jsonl`.
+    fn read(dir: &std::path::Path) -> anyhow::Result<Self> {
+        let path = dir.join("train.jsonl");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut log = Self::default();
+        for v in text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        {
+            let step = v["step"].as_f64().unwrap_or(0.0);
+            if let (Some(l), Some(u)) = (v["loss"].as_f64(), v["retrieval_utility"].as_f64()) {
+                log.loss.push((step, l));
+                log.utility.push((step, u));
+            }
+            if let Some(st) = v["staleness_steps"].as_f64() {
+                log.staleness.push((step, st));
+            }
+            if let (Some(r), Some(n)) = (
+                v["eval_accuracy"].as_f64(),
+                v["eval_null_accuracy"].as_f64(),
+            ) {
+                log.with_retrieval.push((step, 100.0 * r));
+                log.null_only.push((step, 100.0 * n));
+            }
+        }
+        Ok(log)
+    }
+}
+
+/// The chart of held-out accuracy, one line per series.
+fn accuracy_chart(series: Vec<Series>) -> Chart {
+    Chart {
+        title: "Held-out masked wordpieces predicted right".into(),
+        x_label: "update".into(),
+        y_label: "%".into(),
+        log_x: false,
+        series,
+    }
+}
+
 /// The loss, retrieval-utility, held-out accuracy and staleness charts of a pre-training run,
 /// from its whole log.
 fn plot_pretraining(out: &std::path::Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(out.join("train.jsonl"))?;
-    let (mut losses, mut utility, mut staleness) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut with_retrieval, mut null_only) = (Vec::new(), Vec::new());
-    for v in text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-    {
-        let step = v["step"].as_f64().unwrap_or(0.0);
-        if let (Some(l), Some(u)) = (v["loss"].as_f64(), v["retrieval_utility"].as_f64()) {
-            losses.push((step, l));
-            utility.push((step, u));
-        }
-        if let Some(st) = v["staleness_steps"].as_f64() {
-            staleness.push((step, st));
-        }
-        if let (Some(r), Some(n)) = (
-            v["eval_accuracy"].as_f64(),
-            v["eval_null_accuracy"].as_f64(),
-        ) {
-            with_retrieval.push((step, 100.0 * r));
-            null_only.push((step, 100.0 * n));
-        }
-    }
+    let PretrainLog {
+        loss: losses,
+        utility,
+        staleness,
+        with_retrieval,
+        null_only,
+    } = PretrainLog::read(out)?;
     if !with_retrieval.is_empty() {
-        Chart {
-            title: "Held-out masked wordpieces predicted right".into(),
-            x_label: "update".into(),
-            y_label: "%".into(),
-            log_x: false,
-            series: vec![
-                Series {
-                    name: "with retrieval".into(),
-                    points: with_retrieval,
-                },
-                Series {
-                    name: "null document only".into(),
-                    points: null_only,
-                },
-            ],
-        }
+        accuracy_chart(vec![
+            Series {
+                name: "with retrieval".into(),
+                points: with_retrieval,
+            },
+            Series {
+                name: "null document only".into(),
+                points: null_only,
+            },
+        ])
         .save(&out.join("accuracy.svg"))?;
     }
     loss_curve("REALM pre-training: −log Σ p(z|x) p(y|z,x)", losses, 10)

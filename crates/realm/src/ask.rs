@@ -207,7 +207,8 @@ pub struct QaSystem {
     /// The question encoder: the zero-shot encoder the index was built with, or a query tower
     /// fine-tuned against it.
     pub encoder: DenseEncoder,
-    pub reader: Reader,
+    /// None for retrieval alone (recall measurements); asking then fails.
+    pub reader: Option<Reader>,
     /// Scale of inner products in `p(z|x)`.
     pub score_scale: f64,
 }
@@ -269,7 +270,10 @@ impl QaSystem {
         let p_z = passage_posterior(&scores, self.score_scale);
         let passages = self.index.passages();
         let hits: Vec<&Passage> = r.hits.iter().map(|&(i, _)| &passages[i]).collect();
-        let reading = self.reader.read(&r.question, &hits)?;
+        let reader = self.reader.as_ref().ok_or_else(|| {
+            RealmError::Invalid("this QA system has no reader: it only retrieves".into())
+        })?;
+        let reading = reader.read(&r.question, &hits)?;
         let answers = marginalize(&p_z, &reading.candidates, &reading.logp);
         let evidence = r
             .hits

@@ -177,7 +177,9 @@ fn ask_answers_from_the_retrieved_passage() {
     let system = QaSystem {
         index: QaIndex::open(&out, &enc).unwrap(),
         encoder: enc,
-        reader: Reader::Generative(GenerativeReader::load(&reader, &Device::Cpu).unwrap()),
+        reader: Some(Reader::Generative(
+            GenerativeReader::load(&reader, &Device::Cpu).unwrap(),
+        )),
         score_scale: DEFAULT_SCORE_SCALE,
     };
     let long = format!("What is the capital of France? {}", "Please. ".repeat(100));

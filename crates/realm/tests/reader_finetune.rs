@@ -421,7 +421,7 @@ fn training_leaves_the_index_alone_checkpoints_resume_and_provenance_is_checked(
     let system = QaSystem {
         index,
         encoder: ft.query,
-        reader: Reader::Extractive(ft.reader),
+        reader: Some(Reader::Extractive(ft.reader)),
         score_scale: 20.0,
     };
     let r = system

@@ -150,7 +150,7 @@ pub fn load_qa(cfg: &ServerConfig, dir: &Path) -> Result<(u64, QaSystem), LoadEr
     let system = QaSystem {
         index,
         encoder,
-        reader: ralm_realm::ask::Reader::Generative(reader),
+        reader: Some(ralm_realm::ask::Reader::Generative(reader)),
         score_scale: cfg.score_scale,
     };
     Ok((version, system))

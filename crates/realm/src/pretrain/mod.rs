@@ -22,17 +22,13 @@ use crate::passages::{document_of, Passage, MAX_PASSAGE_WORDPIECES};
 use crate::reader::spans::vocab_id;
 use crate::reader::{pad_rows, SpecialIds};
 use crate::refresh::{DocSnapshot, SnapshotSlot};
-use crate::retriever::{passage_text, MAX_QUESTION_WORDPIECES};
-use crate::salient::{choose_span, SalientSpans};
+use crate::retriever::passage_text;
 
-/// A sentence with one span (a byte range) to mask, and the document it came from.
-#[derive(Debug, Clone)]
-pub struct MaskedSentence {
-    pub text: String,
-    pub span: (usize, usize),
-    /// Its document ([`document_of`] its passage id): passages of it are never retrieved for it.
-    pub document: String,
-}
+mod examples;
+
+pub use examples::{
+    masked_sentences, read_examples, split_sentences, warm_up_texts, write_examples, MaskedSentence,
+};
 
 /// A masked sentence tokenized: wordpieces with the span's pieces replaced by `[MASK]`, and
 /// the masked positions with their original ids.
@@ -240,7 +236,7 @@ impl RealmModels {
             .map_err(|e| RealmError::Tokenizer(e.to_string()))?;
         let grouping = Grouping {
             heads: self.reader.bert().config().num_attention_heads,
-            budget: ATTENTION_BYTES,
+            budget: attention_budget(&device),
             pad: sp.pad,
             device: &device,
         };
@@ -377,7 +373,17 @@ impl RealmModels {
 /// Bytes of one attention-score tensor `[rows, heads, len, len]` a forward pass may allocate.
 /// glibc serves larger blocks with fresh `mmap`s, whose page faults cost more than the
 /// arithmetic: a fifth of a step went to them with 20 documents of 288 wordpieces in one pass.
+/// On a GPU, whose memory has no such cost, larger groups mean fewer kernel launches.
 const ATTENTION_BYTES: usize = 24 << 20;
+
+/// [`ATTENTION_BYTES`] on the CPU; 1 GiB on a GPU.
+fn attention_budget(device: &Device) -> usize {
+    if device.is_cpu() {
+        ATTENTION_BYTES
+    } else {
+        1 << 30
+    }
+}
 
 /// How [`grouped_forward`] batches rows.
 struct Grouping<'d> {
@@ -777,22 +783,23 @@ pub fn read_checkpoint_state(dir: &Path) -> Result<CheckpointState> {
 /// Share of a sentence's wordpieces masked by the plain-MLM warm-up (BERT's 15 %).
 const WARMUP_MASK_RATE: f64 = 0.15;
 
+/// Most wordpieces of a warm-up row, `[CLS]` and `[SEP]` included.
+pub const WARMUP_WORDPIECES: usize = 128;
+
 /// Warms the fresh MLM head (and the reader's body) up with plain masked-language modelling on
-/// `sentences` before pre-training: `[CLS] x [SEP]` with 15 % of the wordpieces (at least one)
-/// masked at random, no document, `steps` AdamW updates of `batch` sentences at learning rate
-/// `lr` (linear decay). The towers are untouched. Returns the loss of every update, which
+/// `texts` (for example [`warm_up_texts`]) before pre-training: `[CLS] x [SEP]`, `x` a text's
+/// first [`WARMUP_WORDPIECES`] wordpieces with 15 % of them (at least one) masked at random, no
+/// document, `steps` AdamW updates of `batch` texts at learning rate `lr` (linear decay). The towers are untouched. Returns the loss of every update, which
 /// `progress` also gets as it goes.
 pub fn warm_up_reader(
     models: &RealmModels,
-    sentences: &[MaskedSentence],
+    texts: &[&str],
     (steps, batch, lr): (usize, usize, f64),
     rng: &mut impl rand::Rng,
     mut progress: impl FnMut(f64),
 ) -> Result<Vec<f64>> {
-    if sentences.is_empty() || batch == 0 {
-        return Err(RealmError::Invalid(
-            "the MLM warm-up needs sentences".into(),
-        ));
+    if texts.is_empty() || batch == 0 {
+        return Err(RealmError::Invalid("the MLM warm-up needs texts".into()));
     }
     let mut optimizer = AdamW::new(
         &[("reader.", models.reader.varmap(), 1.0)],
@@ -806,12 +813,12 @@ pub fn warm_up_reader(
         let mut rows = Vec::with_capacity(batch);
         let (mut positions, mut targets) = (Vec::new(), Vec::new());
         for i in 0..batch {
-            let s = &sentences[(step * batch + i) % sentences.len()];
+            let text = texts[(step * batch + i) % texts.len()];
             let enc = tokenizer
-                .encode(s.text.as_str(), false)
+                .encode(text, false)
                 .map_err(|e| RealmError::Tokenizer(e.to_string()))?;
             let mut ids = vec![sp.cls];
-            ids.extend(&enc.get_ids()[..enc.len().min(MAX_QUESTION_WORDPIECES - 2)]);
+            ids.extend(&enc.get_ids()[..enc.len().min(WARMUP_WORDPIECES - 2)]);
             ids.push(sp.sep);
             let inner = 1..ids.len() - 1;
             let mut chosen: Vec<usize> = inner
@@ -862,70 +869,9 @@ pub fn warm_up_reader(
     Ok(losses)
 }
 
-/// Sentences of `text`: cut after `.`, `!` or `?` followed by white space and a capital letter.
-pub fn split_sentences(text: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let chars: Vec<(usize, char)> = text.char_indices().collect();
-    for w in chars.windows(3) {
-        let [(_, end), (_, space), (next_at, next)] = [w[0], w[1], w[2]];
-        if matches!(end, '.' | '!' | '?') && space.is_whitespace() && next.is_uppercase() {
-            let s = text[start..next_at].trim();
-            if !s.is_empty() {
-                out.push(s);
-            }
-            start = next_at;
-        }
-    }
-    let s = text[start..].trim();
-    if !s.is_empty() {
-        out.push(s);
-    }
-    out
-}
-
-/// Pre-training sentences from `passages`: every sentence of `min_words..=max_words` words,
-/// its span chosen by [`choose_span`] among the salient spans `finder` finds (batches of
-/// `batch`), sentences without any word skipped. `progress(done, total)` follows the tagging.
-pub fn masked_sentences(
-    passages: &[Passage],
-    finder: &SalientSpans,
-    words: std::ops::RangeInclusive<usize>,
-    batch: usize,
-    rng: &mut impl rand::Rng,
-    mut progress: impl FnMut(usize, usize),
-) -> Result<Vec<MaskedSentence>> {
-    let mut pool: Vec<(&str, &str)> = Vec::new();
-    for p in passages {
-        for s in split_sentences(&p.text) {
-            if words.contains(&s.split_whitespace().count()) {
-                pool.push((s, document_of(&p.id)));
-            }
-        }
-    }
-    let mut out = Vec::with_capacity(pool.len());
-    for (i, chunk) in pool.chunks(batch.max(1)).enumerate() {
-        progress(i * batch.max(1), pool.len());
-        let texts: Vec<&str> = chunk.iter().map(|(s, _)| *s).collect();
-        for ((text, document), spans) in chunk.iter().zip(finder.find(&texts)?) {
-            if let Some(span) = choose_span(text, &spans, rng) {
-                out.push(MaskedSentence {
-                    text: text.to_string(),
-                    span: (span.start, span.end),
-                    document: document.to_string(),
-                });
-            }
-        }
-    }
-    progress(pool.len(), pool.len());
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::rngs::StdRng;
-    use rand::SeedableRng;
 
     #[test]
     fn grouped_forward_batches_by_length_and_restores_the_row_order() {
@@ -973,48 +919,6 @@ mod tests {
             assert_eq!(first, [0., 0., 1., 2., 2., 2., 4.], "budget {budget}");
             let second: Vec<f32> = got.iter().map(|r| r[1]).collect();
             assert_eq!(second, padded, "budget {budget}");
-        }
-    }
-
-    #[test]
-    fn splits_sentences_at_terminal_punctuation_before_a_capital() {
-        assert_eq!(
-            split_sentences("Paris is big. It has 2.1 million people! Is it old? yes. Done"),
-            [
-                "Paris is big.",
-                "It has 2.1 million people!",
-                "Is it old? yes.",
-                "Done"
-            ]
-        );
-        assert!(split_sentences("  ").is_empty());
-    }
-
-    #[test]
-    fn masked_sentences_keep_their_document_and_prefer_dates() {
-        let passages = vec![
-            Passage {
-                id: "wiki:Apollo 17:0".into(),
-                title: "Apollo 17".into(),
-                text: "Apollo 17 landed on the Moon on 11 December 1972. It was the last of the \
-                       crewed landings. Short one."
-                    .into(),
-            },
-            Passage {
-                id: "squad:squad-3-1:2".into(),
-                title: "Rhine".into(),
-                text: "The Rhine flows from the Alps to the North Sea in the Netherlands.".into(),
-            },
-        ];
-        let finder = SalientSpans::new(None);
-        let mut rng = StdRng::seed_from_u64(0);
-        let s = masked_sentences(&passages, &finder, 6..=60, 2, &mut rng, |_, _| {}).unwrap();
-        assert_eq!(s.len(), 3, "the two-word sentence is too short");
-        assert_eq!(&s[0].text[s[0].span.0..s[0].span.1], "11 December 1972");
-        assert_eq!(s[0].document, "Apollo 17");
-        assert_eq!(s[2].document, "squad-3-1");
-        for m in &s {
-            assert!(m.span.0 < m.span.1 && m.span.1 <= m.text.len());
         }
     }
 }
