@@ -19,14 +19,7 @@ source "$(dirname "$0")/lib.sh"
 m=$work/minilm
 real_minilm "$m"
 
-if [ -n "${NO_WIKI:-}" ]; then
-  corpus=(--no-wiki)
-else
-  gunzip -c "$bundle/wiki/summaries_en-us.json.gz" >"$work/wiki.json"
-  corpus=(--wiki "$work/wiki.json")
-fi
-step qa-index "${INDEX_LIMIT_S:-120}" "$ralm" --device "$device" qa index --with-squad "${corpus[@]}" --encoder "$m" \
-  --out "$work/qa" --batch 128
+index_corpus "$m"
 
 step realm-finetune "${TRAIN_LIMIT_S:-300}" "$ralm" --device "$device" qa train --index "$work/qa" \
   --encoder "$m" --out "$work/ft" --questions "${QUESTIONS:-0}" --epochs "${EPOCHS:-1}" \

@@ -58,6 +58,19 @@ real_minilm() {
     "$1/model.safetensors"
 }
 
+# index_corpus MODEL: the squad-open paragraphs plus the Wikipedia passages (squad alone with
+# NO_WIKI=1) indexed with MODEL into $work/qa; sets `corpus`, the `qa index` options of the choice.
+index_corpus() {
+  if [ -n "${NO_WIKI:-}" ]; then
+    corpus=(--no-wiki)
+  else
+    gunzip -c "$bundle/wiki/summaries_en-us.json.gz" >"$work/wiki.json"
+    corpus=(--wiki "$work/wiki.json")
+  fi
+  step qa-index "${INDEX_LIMIT_S:-120}" "$ralm" --device "$device" qa index --with-squad \
+    "${corpus[@]}" --encoder "$1" --out "$work/qa" --batch 128
+}
+
 # report TITLE: prints the table of the steps run so far.
 report() {
   echo

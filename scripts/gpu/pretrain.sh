@@ -24,14 +24,7 @@ examples=$bundle/pretrain/examples.jsonl
 [ -f "$examples" ] || { echo "pretrain.sh: $examples missing: bundle with EXAMPLES=FILE" >&2; exit 1; }
 m=$work/minilm
 real_minilm "$m"
-if [ -n "${NO_WIKI:-}" ]; then
-  corpus=(--no-wiki)
-else
-  gunzip -c "$bundle/wiki/summaries_en-us.json.gz" >"$work/wiki.json"
-  corpus=(--wiki "$work/wiki.json")
-fi
-step qa-index "${INDEX_LIMIT_S:-120}" "$ralm" --device "$device" qa index --with-squad "${corpus[@]}" --encoder "$m" \
-  --out "$work/qa" --batch 128
+index_corpus "$m"
 
 # pretrain NAME REFRESH_EVERY: one pre-training run into $work/NAME.
 pretrain() {
