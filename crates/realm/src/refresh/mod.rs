@@ -121,12 +121,16 @@ struct Job {
     tower: PathBuf,
 }
 
-/// Lowers the calling thread to the lowest scheduling priority (nice 19), where the OS allows.
+/// Moves the calling thread to Linux's idle scheduling class (`SCHED_IDLE`): it runs only on a
+/// core no normal thread wants, so the trainer's threads take the core back at once. Nice 19
+/// lets a refresh slow the trainer's updates.
 fn lowest_priority() {
     #[cfg(target_os = "linux")]
-    // SAFETY: setpriority only changes the scheduling priority of the calling thread (its tid).
+    // SAFETY: sched_setscheduler with pid 0 changes only the calling thread's policy; `param`
+    // lives across the call.
     unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
     }
 }
 
@@ -155,11 +159,15 @@ impl Refresher {
         let (outbox, reports) = mpsc::channel();
         let busy = Arc::new(AtomicBool::new(false));
         let flag = busy.clone();
+        // Asked here, this starts rayon's global pool (the trainer's) from the caller's thread
+        // if it is not running yet: started from the builder's thread, its workers would
+        // inherit the idle class, and the trainer would run at the builder's priority.
+        let threads = rayon::current_num_threads();
         std::thread::spawn(move || {
             lowest_priority();
             // Its own worker threads, so that the trainer's keep their priority.
             let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(rayon::current_num_threads())
+                .num_threads(threads)
                 .thread_name(|i| format!("refresh-{i}"))
                 .start_handler(|_| lowest_priority())
                 .build();
