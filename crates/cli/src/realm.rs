@@ -378,18 +378,26 @@ fn spans(a: SpansArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Options of `ralm realm examples`.
-#[derive(Args)]
-pub struct ExamplesArgs {
-    /// QA index whose passages the sentences come from (`ralm qa index`).
+/// The QA index whose passages give pre-training's sentences (and are its knowledge corpus), and
+/// the tagger of their salient spans.
+#[derive(Args, serde::Serialize, serde::Deserialize)]
+pub struct SentenceSource {
+    /// QA index whose passages are the knowledge corpus and give the sentences (`ralm qa index`).
     #[arg(long, default_value = "runs/qa/squad")]
     index: PathBuf,
-    /// The index's document encoder (the index is checked against it).
-    #[arg(long, default_value = "models/minilm")]
-    encoder: PathBuf,
     /// Entity tagger for salient spans (`ralm realm ner-train`); without one, dates only.
     #[arg(long)]
     tagger: Option<PathBuf>,
+}
+
+/// Options of `ralm realm examples`.
+#[derive(Args)]
+pub struct ExamplesArgs {
+    #[command(flatten)]
+    source: SentenceSource,
+    /// The index's document encoder (the index is checked against it).
+    #[arg(long, default_value = "models/minilm")]
+    encoder: PathBuf,
     /// Sentences to write: pre-training's --sentences plus --eval-sentences.
     #[arg(long, default_value_t = 240)]
     sentences: usize,
@@ -404,9 +412,14 @@ pub struct ExamplesArgs {
 fn examples(a: ExamplesArgs) -> anyhow::Result<()> {
     let document = DenseEncoder::load(&a.encoder, Pooling::Mean, 32, &crate::device::current())
         .with_context(|| format!("loading encoder {}", a.encoder.display()))?;
-    let index = QaIndex::open(&a.index, &document)
-        .with_context(|| format!("opening QA index {}", a.index.display()))?;
-    let mut examples = sample_examples(index.passages(), a.tagger.as_deref(), a.sentences, a.seed)?;
+    let index = QaIndex::open(&a.source.index, &document)
+        .with_context(|| format!("opening QA index {}", a.source.index.display()))?;
+    let mut examples = sample_examples(
+        index.passages(),
+        a.source.tagger.as_deref(),
+        a.sentences,
+        a.seed,
+    )?;
     examples.truncate(a.sentences);
     write_examples(&a.out, &examples)?;
     eprintln!("{} masked sentences in {}", examples.len(), a.out.display());
@@ -453,15 +466,12 @@ pub struct PretrainArgs {
     #[arg(long)]
     #[serde(skip)]
     config: Option<PathBuf>,
-    /// QA index whose passages are the knowledge corpus (`ralm qa index`).
-    #[arg(long, default_value = "runs/qa/squad")]
-    index: PathBuf,
+    #[command(flatten)]
+    #[serde(flatten)]
+    source: SentenceSource,
     /// The index's document encoder; the reader and both towers start from it.
     #[arg(long, default_value = "models/minilm")]
     encoder: PathBuf,
-    /// Entity tagger for salient spans (`ralm realm ner-train`); without one, dates only.
-    #[arg(long)]
-    tagger: Option<PathBuf>,
     /// Masked sentences from `ralm realm examples` to train on instead of tagging a sample of
     /// the index's passages here: the first --sentences train, the next --eval-sentences are
     /// held out.
@@ -531,8 +541,8 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     let device = crate::device::current();
     let document = DenseEncoder::load(&a.encoder, Pooling::Mean, 32, &device)
         .with_context(|| format!("loading encoder {}", a.encoder.display()))?;
-    let index = QaIndex::open(&a.index, &document)
-        .with_context(|| format!("opening QA index {}", a.index.display()))?;
+    let index = QaIndex::open(&a.source.index, &document)
+        .with_context(|| format!("opening QA index {}", a.source.index.display()))?;
     let (mut sentences, source) = match &a.examples {
         Some(file) => (
             read_examples(file)?,
@@ -541,7 +551,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         None => (
             sample_examples(
                 index.passages(),
-                a.tagger.as_deref(),
+                a.source.tagger.as_deref(),
                 a.sentences + a.eval_sentences,
                 a.seed,
             )?,
@@ -974,12 +984,18 @@ mod tests {
         let file = tmp.path().join("run.json");
         std::fs::write(
             &file,
-            r#"{"sentences": 2000, "refresh-every": 7, "k": 8, "out": "runs/x", "lr": 1e-4}"#,
+            r#"{"sentences": 2000, "refresh-every": 7, "k": 8, "out": "runs/x", "lr": 1e-4,
+                "index": "runs/i", "tagger": "runs/t"}"#,
         )
         .unwrap();
         let path = file.to_str().unwrap();
-        let (args, given) = parse(&["--config", path, "--k", "2", "--resume"]);
+        let (args, given) = parse(&["--config", path, "--k", "2", "--resume", "--index", "x"]);
         let a = with_config(args, &file, &given).unwrap();
+        assert_eq!(a.source.index.to_str(), Some("x"), "the command line wins");
+        assert_eq!(
+            a.source.tagger.as_deref(),
+            Some(std::path::Path::new("runs/t"))
+        );
         assert_eq!((a.sentences, a.refresh_every, a.k), (2000, 7, 2));
         assert_eq!((a.out.to_str(), a.lr), (Some("runs/x"), 1e-4));
         assert_eq!((a.batch, a.mlm_warmup), (4, 50), "defaults stay");
