@@ -10,12 +10,13 @@
 #   3. recall@1/5/20 on the squad-open eval questions with each run's last checkpoint: the
 #      index re-embedded by its document tower, questions by its input tower.
 #   scripts/gpu/pretrain.sh [BUNDLE (.gpu)] [WORK (/tmp/ralm-pt)]
-# Settings (environment): SENTENCES (4800), EVAL_SENTENCES (300), BATCH (8), K (8),
-# MLM_WARMUP (1000), REFRESH_EVERY (10), CHECKPOINT_EVERY (100), TRAIN_LIMIT_S (270),
-# RECALL_LIMIT (questions, 600), RECALL_LIMIT_S (100), INDEX_LIMIT_S (default 120 for the
-# first index, 60 for the re-embedded ones), NO_WIKI=1 (squad passages only), OUT (a folder
-# for pretrain.tgz: logs, plots, recall);
-# BUDGET_S, RALM and DEVICE as in lib.sh.
+# Settings (environment), defaults those of the H100 run in docs/realm-pretraining.md:
+# SENTENCES (2400), EVAL_SENTENCES (200), BATCH (4), K (8), MLM_WARMUP (800), REFRESH_EVERY
+# (10), CHECKPOINT_EVERY (100), TRAIN_LIMIT_S (280), RECALL_LIMIT (questions, 0 = all),
+# RECALL_LIMIT_S (80), INDEX_LIMIT_S (default 120 for the first index, 60 for the re-embedded
+# ones), NO_WIKI=1 (squad passages only), OUT (a folder for pretrain.tgz: logs, plots, recall);
+# BUDGET_S, RALM and DEVICE as in lib.sh. A training step keeps every row's activations (about
+# 12 GB at BATCH 4, K 8): the two runs at BATCH 8 outgrew an 80 GB H100.
 set -uo pipefail
 BUNDLE=${1:-.gpu} WORK=${2:-/tmp/ralm-pt}
 source "$(dirname "$0")/lib.sh"
@@ -28,17 +29,17 @@ index_corpus "$m"
 
 # pretrain NAME REFRESH_EVERY: one pre-training run into $work/NAME.
 pretrain() {
-  step "$1" "${TRAIN_LIMIT_S:-270}" "$ralm" --device "$device" realm pretrain --index "$work/qa" \
-    --encoder "$m" --examples "$examples" --out "$work/$1" --sentences "${SENTENCES:-4800}" \
-    --eval-sentences "${EVAL_SENTENCES:-300}" --batch "${BATCH:-8}" --k "${K:-8}" \
-    --mlm-warmup "${MLM_WARMUP:-1000}" --refresh-every "$2" \
+  step "$1" "${TRAIN_LIMIT_S:-280}" "$ralm" --device "$device" realm pretrain --index "$work/qa" \
+    --encoder "$m" --examples "$examples" --out "$work/$1" --sentences "${SENTENCES:-2400}" \
+    --eval-sentences "${EVAL_SENTENCES:-200}" --batch "${BATCH:-4}" --k "${K:-8}" \
+    --mlm-warmup "${MLM_WARMUP:-800}" --refresh-every "$2" \
     --checkpoint-every "${CHECKPOINT_EVERY:-100}" --warmup 20
 }
 
 # recall NAME INDEX DOCS INPUT: retrieval recall on the squad-open eval questions.
 recall() {
-  step "recall-$1" "${RECALL_LIMIT_S:-100}" "$ralm" --device "$device" qa eval --index "$2" \
-    --encoder "$3" --query-encoder "$4" --reader-limit 0 --limit "${RECALL_LIMIT:-600}" \
+  step "recall-$1" "${RECALL_LIMIT_S:-80}" "$ralm" --device "$device" qa eval --index "$2" \
+    --encoder "$3" --query-encoder "$4" --reader-limit 0 --limit "${RECALL_LIMIT:-0}" \
     --json-out "$work/recall-$1.json"
 }
 

@@ -1,8 +1,8 @@
 //! Fused, differentiable CPU kernels for training: softmax over the last dimension, layer norm,
-//! exact-erf GELU, bias addition and dropout. Each runs forward and backward as one pass over the data, where candle's
-//! differentiable versions (`ops::softmax`, `layer_norm_slow`, `gelu_erf`) chain five to ten
-//! allocating element-wise ops each way. Off the CPU, or for other dtypes, they fall back to
-//! candle's versions.
+//! exact-erf GELU, bias addition and dropout. Each runs forward and backward as one pass over
+//! the data, where candle's differentiable versions (`ops::softmax`, `layer_norm_slow`,
+//! `gelu_erf`) chain five to ten allocating element-wise ops each way. Off the CPU, or for other
+//! dtypes, they fall back to candle's versions.
 
 use super::{erf, exp_non_positive, f32_slice, is_cpu_f32, CHUNK};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};

@@ -789,8 +789,9 @@ pub const WARMUP_WORDPIECES: usize = 128;
 /// Warms the fresh MLM head (and the reader's body) up with plain masked-language modelling on
 /// `texts` (for example [`warm_up_texts`]) before pre-training: `[CLS] x [SEP]`, `x` a text's
 /// first [`WARMUP_WORDPIECES`] wordpieces with 15 % of them (at least one) masked at random, no
-/// document, `steps` AdamW updates of `batch` texts at learning rate `lr` (linear decay). The towers are untouched. Returns the loss of every update, which
-/// `progress` also gets as it goes.
+/// document, `steps` AdamW updates of `batch` texts at learning rate `lr` (linear decay). The
+/// towers are untouched. Returns the loss of every update, which `progress` also gets as it
+/// goes.
 pub fn warm_up_reader(
     models: &RealmModels,
     texts: &[&str],
