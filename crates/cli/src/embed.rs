@@ -3,7 +3,6 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use ralm_models::bert::{BertEncoder, EncoderOptions, Pooling};
-use ralm_models::weights::write_atomic;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -65,7 +64,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         ));
     }
     bar.finish();
-    write_atomic(&args.output, &npy_f32(&data, texts.len(), dim))?;
+    ralm_index::npy::write_f32(&args.output, texts.len(), dim, &data)?;
     eprintln!(
         "wrote {} vectors of dim {dim} to {} ({tokens} tokens in {:.1} s)",
         texts.len(),
@@ -98,41 +97,5 @@ fn read_texts(path: &Path, field: &str) -> anyhow::Result<Vec<String>> {
             "{}: unsupported input extension (expected .txt or .jsonl)",
             path.display()
         ),
-    }
-}
-
-/// A version-1.0 `.npy` file holding little-endian f32 `data` of shape `[rows, cols]`.
-fn npy_f32(data: &[f32], rows: usize, cols: usize) -> Vec<u8> {
-    let mut header =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
-    // Magic (6) + version (2) + length (2) + header + '\n' must be a multiple of 64.
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
-    out.extend_from_slice(b"\x93NUMPY\x01\x00");
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    for v in data {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn npy_header_is_aligned_and_data_follows() {
-        let bytes = npy_f32(&[1.0, -2.5, 3.0, 0.5, 0.0, 7.0], 2, 3);
-        let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-        assert_eq!((10 + hlen) % 64, 0);
-        let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
-        assert!(header.contains("'shape': (2, 3)") && header.ends_with('\n'));
-        let body = &bytes[10 + hlen..];
-        assert_eq!(body.len(), 24);
-        assert_eq!(f32::from_le_bytes(body[4..8].try_into().unwrap()), -2.5);
     }
 }

@@ -8,25 +8,16 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use ralm_index::{Metric, SearchParams};
 use ralm_knn::datastore::build::BuildProgress;
-use ralm_knn::datastore::{read_json, write_json};
+use ralm_knn::knnmt::mixer::{read_tuned, write_tuned, TUNED_FILE};
 use ralm_knn::knnmt::tune::ForcedNeighbours;
 use ralm_knn::knnmt::{
     build, Gate, GateConfig, GateExamples, KnnMtParams, MtBuildOptions, MtDatastore, MtExpect,
-    Pairs, Retrieval, TokenPairs, TrainOptions,
+    MtMixer, Pairs, ParamOverrides, Retrieval, TokenPairs, TrainOptions,
 };
 use ralm_knn::mt_metrics::{corpus_bleu, corpus_chrf};
 use ralm_models::marian::Translator;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-
-/// Tuned mixing parameters saved next to the datastore by `ralm knnmt eval`.
-const TUNED: &str = "tuned.json";
-/// Defaults when neither the command line nor `tuned.json` gives a value.
-const DEFAULT_PARAMS: KnnMtParams = KnnMtParams {
-    k: 8,
-    lambda: 0.5,
-    temperature: 10.0,
-};
 
 /// kNN-MT subcommands.
 #[derive(Subcommand)]
@@ -62,26 +53,6 @@ pub struct KnnArgs {
     pub search: SearchArgs,
 }
 
-/// An opened datastore with its mixing settings.
-pub struct OpenedKnn {
-    datastore: MtDatastore,
-    params: KnnMtParams,
-    gate: Option<Gate>,
-    search: SearchParams,
-}
-
-impl OpenedKnn {
-    /// A fresh retrieval state for one decoding run.
-    pub fn retrieval(&self) -> anyhow::Result<Retrieval<'_>> {
-        Ok(Retrieval::new(
-            &self.datastore,
-            self.params,
-            self.search.clone(),
-            self.gate.as_ref(),
-        )?)
-    }
-}
-
 fn open_datastore(dir: &Path, model_dir: &Path) -> anyhow::Result<MtDatastore> {
     let expect = MtExpect::of_model_dir(model_dir)?;
     let ds = MtDatastore::open(dir, &expect)
@@ -112,37 +83,32 @@ impl SearchArgs {
 
 impl KnnArgs {
     /// Opens the datastore (and gate) when one is named.
-    pub fn open(&self, model_dir: &Path) -> anyhow::Result<Option<OpenedKnn>> {
+    pub fn open(&self, model_dir: &Path) -> anyhow::Result<Option<MtMixer>> {
+        let overrides = ParamOverrides {
+            k: self.k,
+            lambda: self.lambda,
+            temperature: self.temperature,
+        };
         let Some(dir) = &self.datastore else {
-            if self.adaptive
-                || self.lambda.is_some()
-                || self.k.is_some()
-                || self.temperature.is_some()
-            {
+            if self.adaptive || overrides.any() {
                 bail!("--lambda, --k, --temperature and --adaptive need --datastore");
             }
             return Ok(None);
         };
-        let datastore = open_datastore(dir, model_dir)?;
-        let (gate, base) = if self.adaptive {
-            let g = Gate::load(dir)?;
-            let p = g.config().knn;
-            (Some(g), p)
-        } else {
-            let tuned: Option<KnnMtParams> = read_json(&dir.join(TUNED))?;
-            (None, tuned.unwrap_or(DEFAULT_PARAMS))
-        };
-        let params = KnnMtParams {
-            k: self.k.unwrap_or(base.k),
-            lambda: self.lambda.unwrap_or(base.lambda),
-            temperature: self.temperature.unwrap_or(base.temperature),
-        };
-        Ok(Some(OpenedKnn {
-            datastore,
-            params,
-            gate,
-            search: self.search.params(),
-        }))
+        let mixer = MtMixer::open(
+            dir,
+            model_dir,
+            self.adaptive,
+            overrides,
+            self.search.params(),
+        )
+        .with_context(|| format!("opening datastore {}", dir.display()))?;
+        eprintln!(
+            "datastore {}: {} entries",
+            dir.display(),
+            mixer.datastore().len()
+        );
+        Ok(Some(mixer))
     }
 }
 
@@ -394,8 +360,8 @@ fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
         }
         tune_runs.push(run);
     }
-    write_json(&a.datastore.join(TUNED), &tuned)?;
-    eprintln!("tuned: {tuned:?} (saved to {TUNED})");
+    write_tuned(&a.datastore, &tuned)?;
+    eprintln!("tuned: {tuned:?} (saved to {TUNED_FILE})");
 
     // 3. The adaptive gate, trained on the cached neighbours of the tuning half.
     let (examples, scale) = GateExamples::new(
@@ -552,9 +518,12 @@ fn run_compare(a: &CompareArgs) -> anyhow::Result<()> {
         .collect();
     let tr = a.model.load()?;
     let ds = open_datastore(&a.datastore, &a.model.model)?;
-    let tpath = a.datastore.join(TUNED);
-    let tuned: KnnMtParams = read_json(&tpath)?
-        .with_context(|| format!("{} missing: run `ralm knnmt eval` first", tpath.display()))?;
+    let tuned: KnnMtParams = read_tuned(&a.datastore)?.with_context(|| {
+        format!(
+            "{} missing: run `ralm knnmt eval` first",
+            a.datastore.join(TUNED_FILE).display()
+        )
+    })?;
     let gate = Gate::load(&a.datastore)?;
     let search = a.search.params();
     let (base, base_rate) = translate_all(&tr, &lines, a.model.beam, None)?;

@@ -395,9 +395,6 @@ pub struct SentenceSource {
 pub struct ExamplesArgs {
     #[command(flatten)]
     source: SentenceSource,
-    /// The index's document encoder (the index is checked against it).
-    #[arg(long, default_value = "models/minilm")]
-    encoder: PathBuf,
     /// Sentences to write: pre-training's --sentences plus --eval-sentences.
     #[arg(long, default_value_t = 240)]
     sentences: usize,
@@ -410,16 +407,13 @@ pub struct ExamplesArgs {
 }
 
 fn examples(a: ExamplesArgs) -> anyhow::Result<()> {
-    let document = DenseEncoder::load(&a.encoder, Pooling::Mean, 32, &crate::device::current())
-        .with_context(|| format!("loading encoder {}", a.encoder.display()))?;
-    let index = QaIndex::open(&a.source.index, &document)
-        .with_context(|| format!("opening QA index {}", a.source.index.display()))?;
-    let mut examples = sample_examples(
-        index.passages(),
-        a.source.tagger.as_deref(),
-        a.sentences,
-        a.seed,
-    )?;
+    let passages = QaIndex::read_passages(&a.source.index).with_context(|| {
+        format!(
+            "reading the passages of QA index {}",
+            a.source.index.display()
+        )
+    })?;
+    let mut examples = sample_examples(&passages, a.source.tagger.as_deref(), a.sentences, a.seed)?;
     examples.truncate(a.sentences);
     write_examples(&a.out, &examples)?;
     eprintln!("{} masked sentences in {}", examples.len(), a.out.display());
@@ -544,6 +538,10 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     let index = QaIndex::open(&a.source.index, &document)
         .with_context(|| format!("opening QA index {}", a.source.index.display()))?;
     let (mut sentences, source) = match &a.examples {
+        Some(file) if a.source.tagger.is_some() => anyhow::bail!(
+            "--tagger is not used with --examples {}: its spans were found when it was written",
+            file.display()
+        ),
         Some(file) => (
             read_examples(file)?,
             format!("masked sentences in {}", file.display()),

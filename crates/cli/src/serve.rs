@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use ralm_server::client::Client;
-use ralm_server::config::{DatastoreConfig, NamedPath};
+use ralm_server::config::{DatastoreConfig, MtDatastoreConfig, NamedPath};
 use ralm_server::loadtest::{self, LoadReport, MakeRequest};
 use ralm_server::{AppState, ServerConfig};
 use serde_json::json;
@@ -30,6 +30,10 @@ pub struct ServerArgs {
     /// Translator to serve, `NAME=DIR` (repeatable).
     #[arg(long = "translator", value_parser = named)]
     translators: Vec<NamedPath>,
+    /// kNN-MT datastore to serve, `NAME=TRANSLATOR:DIR`, mixed in with its tuned.json
+    /// (repeatable; the config file also sets the gate and the search knobs).
+    #[arg(long = "mt-datastore", value_parser = mt_datastore)]
+    mt_datastores: Vec<MtDatastoreConfig>,
     /// Causal LM of the datastores (GGUF file or HF directory).
     #[arg(long)]
     lm: Option<PathBuf>,
@@ -60,6 +64,16 @@ fn named(s: &str) -> Result<NamedPath, String> {
     })
 }
 
+fn mt_datastore(s: &str) -> Result<MtDatastoreConfig, String> {
+    let n = named(s)?;
+    let text = n.path.to_string_lossy();
+    let (translator, dir) = text
+        .split_once(':')
+        .ok_or_else(|| format!("expected NAME=TRANSLATOR:DIR, got {s:?}"))?;
+    serde_json::from_value(json!({"name": n.name, "path": dir, "translator": translator}))
+        .map_err(|e| e.to_string())
+}
+
 impl ServerArgs {
     /// The config file (or defaults) with the flags applied.
     fn config(&self) -> anyhow::Result<ServerConfig> {
@@ -78,6 +92,7 @@ impl ServerArgs {
                 ..default_datastore()
             }));
         c.translators.extend(self.translators.iter().cloned());
+        c.mt_datastores.extend(self.mt_datastores.iter().cloned());
         if let Some(lm) = &self.lm {
             c.lm = lm.clone();
         }

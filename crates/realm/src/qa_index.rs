@@ -306,6 +306,20 @@ impl QaIndex {
         })
     }
 
+    /// The passages of the index in `dir` without opening its search structures or needing
+    /// its encoder; refused when `passages.jsonl` is not the file the manifest records.
+    pub fn read_passages(dir: &Path) -> Result<Vec<Passage>> {
+        let manifest = read_manifest(dir)?;
+        let path = dir.join(PASSAGES_FILE);
+        if file_sha256(&path)? != manifest.passages_sha256 {
+            return Err(RealmError::format(
+                &path,
+                "changed since the index was built (its SHA-256 differs from the manifest's)",
+            ));
+        }
+        read_passages(&path)
+    }
+
     /// All passages, in index order.
     pub fn passages(&self) -> &[Passage] {
         &self.passages

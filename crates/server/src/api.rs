@@ -174,16 +174,18 @@ pub struct GenerateRequest {
     pub seed: u64,
 }
 
-/// `POST /v1/translate`. kNN-MT plugs in here: a `datastore` field naming a kNN-MT datastore,
-/// resolved next to the translator in `routes::translate`.
+/// `POST /v1/translate`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TranslateRequest {
     /// Source sentence.
     pub text: String,
-    /// Translator name (default: the first configured).
+    /// Translator name (default: the datastore's translator, else the first configured).
     #[serde(default)]
     pub model: Option<String>,
+    /// kNN-MT datastore to mix into decoding (default: none, plain decoding).
+    #[serde(default)]
+    pub datastore: Option<String>,
 }
 
 /// Answer of `POST /v1/translate`.
@@ -193,6 +195,18 @@ pub struct TranslateResponse {
     pub model: String,
     /// The translation.
     pub translation: String,
+    /// The kNN-MT datastore used and its load generation, when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore: Option<UsedDatastore>,
+}
+
+/// A datastore an answer used, and which load of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsedDatastore {
+    /// Name.
+    pub name: String,
+    /// Load generation (1, then +1 per reload).
+    pub version: u64,
 }
 
 /// Refuses an empty text (400) or one longer than the limit (413).

@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub datastores: Vec<DatastoreConfig>,
     /// Marian/Bergamot translation model directories.
     pub translators: Vec<NamedPath>,
+    /// kNN-MT datastores built by `ralm knnmt build`, each for one of the translators.
+    pub mt_datastores: Vec<MtDatastoreConfig>,
     /// Request limits.
     pub limits: Limits,
     /// Cross-request batching.
@@ -71,6 +73,40 @@ pub struct DatastoreConfig {
     /// IVF lists probed per search.
     #[serde(default = "default_nprobe")]
     pub nprobe: usize,
+}
+
+/// A kNN-MT datastore: the translator it was built with and how to mix it in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtDatastoreConfig {
+    /// The name requests use.
+    pub name: String,
+    /// Datastore directory (reload re-opens it: point it at a symlink to swap datastores).
+    pub path: PathBuf,
+    /// Name of the configured translator whose model built the datastore.
+    pub translator: String,
+    /// Let the gate trained by `ralm knnmt eval` pick λ at every step.
+    #[serde(default)]
+    pub adaptive: bool,
+    /// Weight of p_kNN (default: the datastore's `tuned.json`).
+    #[serde(default)]
+    pub lambda: Option<f32>,
+    /// Neighbours per step (default: `tuned.json`).
+    #[serde(default)]
+    pub k: Option<usize>,
+    /// Temperature of p_kNN (default: `tuned.json`).
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// IVF lists probed per search.
+    #[serde(default = "default_mt_nprobe")]
+    pub nprobe: usize,
+    /// Re-score this many PQ candidates with the full keys (IVF-PQ datastores).
+    #[serde(default)]
+    pub rerank: Option<usize>,
+}
+
+fn default_mt_nprobe() -> usize {
+    16
 }
 
 fn default_lambda() -> f32 {
@@ -158,6 +194,7 @@ impl Default for ServerConfig {
             lm: "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
             datastores: Vec::new(),
             translators: Vec::new(),
+            mt_datastores: Vec::new(),
             limits: Limits::default(),
             batching: Batching::default(),
             admin_token: None,
@@ -192,7 +229,8 @@ impl ServerConfig {
             .iter()
             .map(|n| &n.name)
             .chain(self.datastores.iter().map(|d| &d.name))
-            .chain(self.translators.iter().map(|t| &t.name));
+            .chain(self.translators.iter().map(|t| &t.name))
+            .chain(self.mt_datastores.iter().map(|d| &d.name));
         for name in names {
             if name.is_empty() || name.contains('/') {
                 return Err(format!("invalid name {name:?} (non-empty, no '/')"));
@@ -207,6 +245,23 @@ impl ServerConfig {
             if !(0.0..=1.0).contains(&d.lambda) || d.k == 0 || d.temperature <= 0.0 {
                 return Err(format!(
                     "datastores.{}: need 0 ≤ lambda ≤ 1, k ≥ 1, temperature > 0",
+                    d.name
+                ));
+            }
+        }
+        for d in &self.mt_datastores {
+            if !self.translators.iter().any(|t| t.name == d.translator) {
+                return Err(format!(
+                    "mt_datastores.{}: translator {:?} is not configured",
+                    d.name, d.translator
+                ));
+            }
+            if d.lambda.is_some_and(|l| !(0.0..=1.0).contains(&l))
+                || d.k == Some(0)
+                || d.temperature.is_some_and(|t| t <= 0.0)
+            {
+                return Err(format!(
+                    "mt_datastores.{}: need 0 ≤ lambda ≤ 1, k ≥ 1, temperature > 0",
                     d.name
                 ));
             }
@@ -262,6 +317,32 @@ mod tests {
             path: "b".into(),
         });
         assert!(cfg.validate().unwrap_err().contains("used twice"));
+        let mut cfg = ServerConfig::default();
+        cfg.mt_datastores.push(MtDatastoreConfig {
+            name: "software".into(),
+            path: "c".into(),
+            translator: "enpt".into(),
+            adaptive: false,
+            lambda: None,
+            k: None,
+            temperature: None,
+            nprobe: 16,
+            rerank: None,
+        });
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .contains("\"enpt\" is not configured"));
+        cfg.translators.push(NamedPath {
+            name: "enpt".into(),
+            path: "d".into(),
+        });
+        cfg.validate().unwrap();
+        cfg.mt_datastores[0].lambda = Some(1.5);
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .contains("mt_datastores.software"));
         let mut cfg = ServerConfig::default();
         cfg.limits.max_concurrent = 0;
         assert!(cfg.validate().unwrap_err().contains("max_concurrent"));

@@ -116,9 +116,12 @@ pub fn document() -> Value {
             ("seed", json!({"type": "integer", "minimum": 0})),
         ],
     );
-    let tr_req = object(&[("text", string())], &[("model", string())]);
+    let tr_req = object(
+        &[("text", string())],
+        &[("model", string()), ("datastore", string())],
+    );
     let reload = json!({"post": {
-        "summary": "Swap a QA index to its newest snapshot or re-open a datastore",
+        "summary": "Swap a QA index to its newest snapshot or re-open a kNN-LM or kNN-MT datastore",
         "security": [{"bearer": []}],
         "parameters": [{"name": "name", "in": "path", "required": true, "schema": string()}],
         "responses": {
@@ -136,9 +139,9 @@ pub fn document() -> Value {
             "/v1/ask": post_json("Answer a question with evidence", ask_req, "application/json", "answer, candidates and evidence", &with(&unknown)),
             "/v1/lm/score": post_json("Per-token log-probabilities under the kNN-LM", score_req, "application/json", "log-probabilities and perplexities", &with(&unknown)),
             "/v1/lm/generate": post_json("Generate with the kNN-LM", gen_req, "text/event-stream", "`token` events, then `done` (or `error`)", &with(&unknown)),
-            "/v1/translate": post_json("Translate a sentence", tr_req, "application/json", "the translation", &with(&unknown)),
+            "/v1/translate": post_json("Translate a sentence, with a kNN-MT datastore when named", tr_req, "application/json", "the translation", &with(&unknown)),
             "/v1/indexes": get_op("QA indexes with versions", "application/json"),
-            "/v1/datastores": get_op("kNN-LM datastores with manifests", "application/json"),
+            "/v1/datastores": get_op("kNN-LM and kNN-MT datastores with manifests", "application/json"),
             "/v1/admin/reload/{name}": reload,
             "/healthz": get_op("Liveness", "application/json"),
             "/metrics": get_op("Prometheus metrics", "text/plain"),

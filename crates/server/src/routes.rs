@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use crate::api::{
     check_k, check_lambda, check_text, retriever_kind, ApiJson, AskRequest, AskResponse,
     GenerateRequest, RetrieveRequest, ScoreRequest, TranslateRequest, TranslateResponse,
+    UsedDatastore,
 };
 use crate::error::ApiError;
 use crate::lm::{self, GenerateSpec};
@@ -247,9 +248,31 @@ async fn translate(
     ApiJson(r): ApiJson<TranslateRequest>,
 ) -> Result<Response, ApiError> {
     check_text("text", &r.text, &st.config.limits)?;
-    let (model, entry) = st.translator(r.model.as_deref())?;
-    let translation = entry.batcher.submit(r.text).await??;
-    Ok(Json(TranslateResponse { model, translation }).into_response())
+    let Some(ds) = r.datastore else {
+        let (model, entry) = st.translator(r.model.as_deref())?;
+        let translation = entry.batcher.submit(r.text).await??;
+        return Ok(Json(TranslateResponse {
+            model,
+            translation,
+            datastore: None,
+        })
+        .into_response());
+    };
+    let (name, entry) = st.mt_datastore(&ds)?;
+    let model = entry.config.translator.clone();
+    if r.model.as_ref().is_some_and(|m| *m != model) {
+        return Err(ApiError::bad_request(format!(
+            "kNN-MT datastore `{name}` was built with translator `{model}`, not `{}`",
+            r.model.unwrap_or_default()
+        )));
+    }
+    let (version, translation) = entry.batcher.submit(r.text).await??;
+    Ok(Json(TranslateResponse {
+        model,
+        translation,
+        datastore: Some(UsedDatastore { name, version }),
+    })
+    .into_response())
 }
 
 async fn indexes(State(st): St) -> Response {
@@ -257,7 +280,11 @@ async fn indexes(State(st): St) -> Response {
 }
 
 async fn datastores(State(st): St) -> Response {
-    Json(serde_json::json!({ "datastores": st.datastore_infos() })).into_response()
+    Json(serde_json::json!({
+        "datastores": st.datastore_infos(),
+        "mt_datastores": st.mt_datastore_infos(),
+    }))
+    .into_response()
 }
 
 /// Whether `headers` carry `Authorization: Bearer <token>` (compared in constant time).

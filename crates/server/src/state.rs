@@ -10,6 +10,7 @@ use candle_core::Device;
 use ralm_index::{IndexStore, SearchParams};
 use ralm_knn::knnlm::datastore::DatastoreManifest;
 use ralm_knn::knnlm::{Datastore, DatastoreExpect, KnnLm, KnnParams};
+use ralm_knn::knnmt::{MtManifest, MtMixer, ParamOverrides};
 use ralm_models::bert::Pooling;
 use ralm_models::bpe::LmTokenizer;
 use ralm_models::llama::{LlamaModel, WeightMode};
@@ -23,7 +24,7 @@ use tokio::sync::Semaphore;
 
 use crate::api::{Hit, RetrieveResponse};
 use crate::batch::{BatchFn, BatchPolicy, Batcher};
-use crate::config::{DatastoreConfig, NamedPath, ServerConfig};
+use crate::config::{DatastoreConfig, MtDatastoreConfig, NamedPath, ServerConfig};
 use crate::error::{ApiError, LoadError};
 use crate::metrics::Metrics;
 
@@ -104,6 +105,16 @@ pub struct TranslatorEntry {
     pub batcher: Batcher<String, Result<String, ApiError>>,
 }
 
+/// A kNN-MT datastore, the translator it mixes into, and its batcher.
+pub struct MtDatastoreEntry {
+    /// What the config says about it.
+    pub config: MtDatastoreConfig,
+    /// The opened datastore and its load generation.
+    pub slot: Arc<Slot<MtMixer>>,
+    /// Batched translation with retrieval: the translation and the datastore version used.
+    pub batcher: Batcher<String, Result<(u64, String), ApiError>>,
+}
+
 /// Everything the handlers share.
 pub struct AppState {
     /// The config the server was started with.
@@ -116,6 +127,8 @@ pub struct AppState {
     pub datastores: BTreeMap<String, DatastoreEntry>,
     /// Translators by name.
     pub translators: BTreeMap<String, TranslatorEntry>,
+    /// kNN-MT datastores by name.
+    pub mt_datastores: BTreeMap<String, MtDatastoreEntry>,
     /// Permits for requests in flight.
     pub limiter: Arc<Semaphore>,
 }
@@ -248,16 +261,42 @@ fn retrieve_batch(
         .collect()
 }
 
-/// Translates a batch of sentences in one call; one result per sentence.
-fn translate_batch(tr: &Translator, texts: Vec<String>) -> Vec<Result<String, ApiError>> {
+/// Translates a batch of sentences in one call, with kNN-MT retrieval from `mixer` when given;
+/// one result per sentence.
+fn translate_batch(
+    tr: &Translator,
+    mixer: Option<&MtMixer>,
+    texts: &[String],
+) -> Vec<Result<String, ApiError>> {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    match tr.translate(&refs, &tr.search_options(None)) {
+    let opts = tr.search_options(None);
+    let out = match mixer {
+        None => tr.translate(&refs, &opts).map_err(ApiError::from),
+        Some(m) => m.retrieval().map_err(ApiError::from).and_then(|mut r| {
+            let mut hook = |h: &candle_core::Tensor, lp: &mut candle_core::Tensor| r.hook(h, lp);
+            tr.translate_with_hook(&refs, &opts, Some(&mut hook))
+                .map_err(ApiError::from)
+        }),
+    };
+    match out {
         Ok(out) => out.into_iter().map(Ok).collect(),
-        Err(e) => {
-            let e = ApiError::from(e);
-            texts.iter().map(|_| Err(e.clone())).collect()
-        }
+        Err(e) => texts.iter().map(|_| Err(e.clone())).collect(),
     }
+}
+
+/// Opens the kNN-MT datastore `ds` for the translator model in `model_dir`.
+pub fn load_mt_datastore(ds: &MtDatastoreConfig, model_dir: &Path) -> Result<MtMixer, LoadError> {
+    let overrides = ParamOverrides {
+        k: ds.k,
+        lambda: ds.lambda,
+        temperature: ds.temperature,
+    };
+    let search = SearchParams {
+        nprobe: ds.nprobe,
+        rerank: ds.rerank,
+    };
+    MtMixer::open(&ds.path, model_dir, ds.adaptive, overrides, search)
+        .map_err(|e| LoadError::load("kNN-MT datastore", &ds.path, e))
 }
 
 /// What `/v1/admin/reload/{name}` did.
@@ -307,6 +346,31 @@ pub struct DatastoreInfo {
     pub manifest: DatastoreManifest,
 }
 
+/// A listed kNN-MT datastore with its mixing settings and manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct MtDatastoreInfo {
+    /// Name.
+    pub name: String,
+    /// Directory.
+    pub path: PathBuf,
+    /// The translator it mixes into.
+    pub translator: String,
+    /// Load generation (1, then +1 per reload).
+    pub version: u64,
+    /// Live entries.
+    pub entries: usize,
+    /// Whether the gate picks λ per step (then `lambda` is unused).
+    pub adaptive: bool,
+    /// Weight of p_kNN.
+    pub lambda: f32,
+    /// Neighbours per step.
+    pub k: usize,
+    /// Temperature of p_kNN.
+    pub temperature: f32,
+    /// The datastore's manifest.
+    pub manifest: MtManifest,
+}
+
 impl AppState {
     /// Loads everything `config` names (blocking: call it off the async threads).
     pub fn load(config: ServerConfig) -> Result<Self, LoadError> {
@@ -347,12 +411,14 @@ impl AppState {
             datastores.insert(ds.name.clone(), entry);
         }
         let mut translators = BTreeMap::new();
+        let mut models = BTreeMap::new();
         for NamedPath { name, path } in &config.translators {
             let tr = Arc::new(
                 Translator::load(path, Precision::Float32)
                     .map_err(|e| LoadError::load("translator", path, e))?,
             );
-            let run: BatchFn<_, _> = Arc::new(move |texts| translate_batch(&tr, texts));
+            models.insert(name.clone(), tr.clone());
+            let run: BatchFn<_, _> = Arc::new(move |texts| translate_batch(&tr, None, &texts));
             let batcher = Batcher::new(&format!("translate:{name}"), policy, metrics.clone(), run)
                 .map_err(spawn_err)?;
             let entry = TranslatorEntry {
@@ -361,6 +427,29 @@ impl AppState {
             };
             translators.insert(name.clone(), entry);
         }
+        let mut mt_datastores = BTreeMap::new();
+        for ds in &config.mt_datastores {
+            // `validate` checked that the translator is configured.
+            let (tr, dir) = (&models[&ds.translator], &translators[&ds.translator].dir);
+            let slot = Arc::new(Slot::new(1, load_mt_datastore(ds, dir)?));
+            metrics.set_version("mt_datastore", &ds.name, 1);
+            let (tr, s) = (tr.clone(), slot.clone());
+            let run: BatchFn<_, _> = Arc::new(move |texts: Vec<String>| {
+                let (version, mixer) = s.get();
+                translate_batch(&tr, Some(&mixer), &texts)
+                    .into_iter()
+                    .map(|r| r.map(|t| (version, t)))
+                    .collect()
+            });
+            let batcher = Batcher::new(&format!("knnmt:{}", ds.name), policy, metrics.clone(), run)
+                .map_err(spawn_err)?;
+            let entry = MtDatastoreEntry {
+                config: ds.clone(),
+                slot,
+                batcher,
+            };
+            mt_datastores.insert(ds.name.clone(), entry);
+        }
         Ok(Self {
             limiter: Arc::new(Semaphore::new(config.limits.max_concurrent)),
             config,
@@ -368,6 +457,7 @@ impl AppState {
             qa,
             datastores,
             translators,
+            mt_datastores,
         })
     }
 
@@ -389,6 +479,11 @@ impl AppState {
         lookup(&self.translators, name.or(first), "translator")
     }
 
+    /// The kNN-MT datastore called `name` (404 when none matches).
+    pub fn mt_datastore(&self, name: &str) -> Result<(String, &MtDatastoreEntry), ApiError> {
+        lookup(&self.mt_datastores, Some(name), "kNN-MT datastore")
+    }
+
     /// Swaps the QA index or datastore `name` to what is on disk now (blocking). A QA index is
     /// reloaded only when its `CURRENT` snapshot changed; a datastore is always re-opened.
     pub fn reload(&self, name: &str) -> Result<Reloaded, ApiError> {
@@ -407,6 +502,12 @@ impl AppState {
                 .slot
                 .reload(|old| load_knnlm(&self.config, &e.config).map(|k| Some((old + 1, k))));
             ("datastore", r.map_err(fail)?)
+        } else if let Some(e) = self.mt_datastores.get(name) {
+            let dir = &self.translators[&e.config.translator].dir;
+            let r = e
+                .slot
+                .reload(|old| load_mt_datastore(&e.config, dir).map(|m| Some((old + 1, m))));
+            ("mt_datastore", r.map_err(fail)?)
         } else {
             return Err(ApiError::not_found(format!(
                 "no QA index or datastore called `{name}`"
@@ -453,6 +554,29 @@ impl AppState {
                     lambda: knn.params.lambda,
                     k: knn.params.k,
                     manifest: knn.datastore.manifest().clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// The kNN-MT datastores with their manifests, for `/v1/datastores`.
+    pub fn mt_datastore_infos(&self) -> Vec<MtDatastoreInfo> {
+        self.mt_datastores
+            .iter()
+            .map(|(name, e)| {
+                let (version, m) = e.slot.get();
+                let p = m.params();
+                MtDatastoreInfo {
+                    name: name.clone(),
+                    path: e.config.path.clone(),
+                    translator: e.config.translator.clone(),
+                    version,
+                    entries: m.datastore().len(),
+                    adaptive: m.adaptive(),
+                    lambda: p.lambda,
+                    k: p.k,
+                    temperature: p.temperature,
+                    manifest: m.datastore().manifest().clone(),
                 }
             })
             .collect()

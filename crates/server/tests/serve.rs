@@ -1,7 +1,8 @@
 //! The server on a loopback port with a real HTTP client: every endpoint, every error case,
 //! batching, hot swap under load, and graceful shutdown. The QA index is built here from a
 //! handful of passages with the real MiniLM, the kNN-LM datastores from a few sentences with the
-//! real SmolLM2; the tests skip with a message when `models/` is absent.
+//! real SmolLM2, the kNN-MT datastore from a few sentence pairs with the real Bergamot model; the
+//! tests skip with a message when `models/` is absent.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -13,14 +14,17 @@ use ralm_index::Metric;
 use ralm_knn::knnlm::chunks::PassOptions;
 use ralm_knn::knnlm::corpus::Corpus;
 use ralm_knn::knnlm::{build, BuildOptions, BuildOutcome, IndexSpec};
+use ralm_knn::knnmt::mixer::write_tuned;
+use ralm_knn::knnmt::{KnnMtParams, MtBuildOptions, MtExpect, TokenPairs};
 use ralm_models::bert::Pooling;
 use ralm_models::bpe::LmTokenizer;
 use ralm_models::llama::{KeyKind, LlamaModel, Sampler, WeightMode};
+use ralm_models::marian::{Precision, Translator};
 use ralm_realm::passages::{write_passages, Passage};
 use ralm_realm::qa_index::{build_or_reuse, CorpusSources};
 use ralm_realm::retriever::DenseEncoder;
 use ralm_server::client::{Client, Reply};
-use ralm_server::config::{DatastoreConfig, NamedPath};
+use ralm_server::config::{DatastoreConfig, MtDatastoreConfig, NamedPath};
 use ralm_server::state::load_knnlm;
 use ralm_server::{AppState, ServerConfig};
 use serde_json::{json, Value};
@@ -552,8 +556,8 @@ async fn every_endpoint_and_error_case() {
     );
     assert_error(
         &post(c, "/v1/translate", json!({"text": "x", "datastore": "d"})).await,
-        400,
-        "datastore",
+        404,
+        "unknown kNN-MT datastore `d`",
     );
 
     // Listings.
@@ -592,6 +596,156 @@ async fn every_endpoint_and_error_case() {
     assert!(m.contains("ralm_index_version{kind=\"qa_index\",name=\"tiny\"} 1"));
     assert!(m.contains("ralm_index_version{kind=\"datastore\",name=\"text\"} 1"));
     s.shutdown().await;
+}
+
+/// In-domain pairs whose references differ from what the model says unaided.
+const MT_PAIRS: [(&str, &str); 3] = [
+    (
+        "The cat is on the table.",
+        "O felino encontra-se sobre a bancada.",
+    ),
+    ("Save the file.", "Grave o ficheiro."),
+    ("Close the window.", "Encerre a janela."),
+];
+
+/// A kNN-MT datastore of `MT_PAIRS` in `dir`, teacher-forced by the real Bergamot model, mixed
+/// with λ 0.9 and k 1: decoding then follows the stored references.
+fn build_mt_datastore(marian: &Path, dir: &Path) {
+    let tr = Translator::load(marian, Precision::Float32).unwrap();
+    let (sources, targets): (Vec<String>, Vec<String>) = MT_PAIRS
+        .iter()
+        .map(|(s, t)| (s.to_string(), t.to_string()))
+        .unzip();
+    let pairs = TokenPairs::encode(&tr, &sources, &targets).unwrap();
+    let opts = MtBuildOptions {
+        metric: Metric::L2,
+        index: IndexSpec::Flat,
+        pairs_per_chunk: 2,
+        batch: 4,
+    };
+    let expect = MtExpect::of_model_dir(marian).unwrap();
+    let out = ralm_knn::knnmt::build(
+        dir,
+        &tr.model,
+        &expect,
+        &pairs,
+        "pairs",
+        &opts,
+        &mut |_| {},
+        &|| false,
+    )
+    .unwrap();
+    assert!(matches!(out, BuildOutcome::Complete(_)));
+    let params = KnnMtParams {
+        k: 1,
+        lambda: 0.9,
+        temperature: 10.0,
+    };
+    write_tuned(dir, &params).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn knnmt_translation_follows_the_datastore_and_reloads() {
+    let Some(models) = models() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("software");
+    build_mt_datastore(&models.marian, &dir);
+    let mut cfg = ServerConfig {
+        admin_token: Some(TOKEN.into()),
+        ..ServerConfig::default()
+    };
+    cfg.translators.push(NamedPath {
+        name: "enpt".into(),
+        path: models.marian.clone(),
+    });
+    cfg.mt_datastores.push(
+        serde_json::from_value::<MtDatastoreConfig>(json!({
+            "name": "software", "path": dir, "translator": "enpt"
+        }))
+        .unwrap(),
+    );
+    let s = Server::start(cfg).await;
+    let c = &s.client;
+
+    // Concurrent requests share the datastore's batcher; each follows its stored reference,
+    // while plain decoding of the same sentence does not.
+    let answers = translate_concurrently(c, &MT_PAIRS.map(|(src, _)| src)).await;
+    for ((src, reference), r) in MT_PAIRS.iter().zip(&answers) {
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json().unwrap();
+        assert_eq!(v["translation"], *reference, "{src}");
+        assert_eq!(v["model"], "enpt");
+        assert_eq!(v["datastore"], json!({"name": "software", "version": 1}));
+    }
+    let plain = post(c, "/v1/translate", json!({"text": MT_PAIRS[0].0})).await;
+    let plain = plain.json().unwrap();
+    assert_ne!(plain["translation"], MT_PAIRS[0].1);
+    assert!(plain.get("datastore").is_none(), "{plain}");
+
+    // Errors: another translator, an unknown datastore.
+    assert_error(
+        &post(
+            c,
+            "/v1/translate",
+            json!({"text": "x", "model": "other", "datastore": "software"}),
+        )
+        .await,
+        400,
+        "built with translator `enpt`",
+    );
+    assert_error(
+        &post(
+            c,
+            "/v1/translate",
+            json!({"text": "x", "datastore": "nope"}),
+        )
+        .await,
+        404,
+        "nope",
+    );
+
+    // Listing and hot swap.
+    let v = c.get("/v1/datastores").await.unwrap().json().unwrap();
+    let ds = &v["mt_datastores"][0];
+    assert_eq!(ds["name"], "software");
+    assert_eq!(ds["translator"], "enpt");
+    assert_eq!(ds["k"], 1);
+    assert_eq!(ds["manifest"]["pairs"], MT_PAIRS.len());
+    assert!(ds["entries"].as_u64().unwrap() > 10);
+    let r = c
+        .post_admin("/v1/admin/reload/software", Some(TOKEN))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().unwrap()["kind"], "mt_datastore");
+    let r = post(
+        c,
+        "/v1/translate",
+        json!({"text": MT_PAIRS[1].0, "datastore": "software"}),
+    )
+    .await;
+    assert_eq!(r.json().unwrap()["datastore"]["version"], 2);
+    let m = c.get("/metrics").await.unwrap().text();
+    assert!(m.contains("ralm_index_version{kind=\"mt_datastore\",name=\"software\"} 2"));
+    assert!(m.contains("ralm_batch_size_count{batcher=\"knnmt:software\"}"));
+    s.shutdown().await;
+}
+
+/// The translations of `sources` with datastore `software`, requested concurrently.
+async fn translate_concurrently(c: &Client, sources: &[&str]) -> Vec<Reply> {
+    let tasks: Vec<_> = sources
+        .iter()
+        .map(|src| {
+            let c = c.clone();
+            let body = json!({"text": src, "datastore": "software"});
+            tokio::spawn(async move { post(&c, "/v1/translate", body).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

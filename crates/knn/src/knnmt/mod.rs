@@ -5,6 +5,7 @@ pub mod datastore;
 pub mod decode;
 pub mod forced;
 pub mod gate;
+pub mod mixer;
 pub mod pairs;
 pub mod tune;
 
@@ -12,4 +13,5 @@ pub use datastore::{build, MtBuildOptions, MtDatastore, MtExpect, MtManifest};
 pub use decode::{KnnMtParams, Retrieval};
 pub use forced::{teacher_force, Forced, TokenPairs};
 pub use gate::{Gate, GateConfig, GateExamples, TrainOptions};
+pub use mixer::{MtMixer, ParamOverrides};
 pub use pairs::Pairs;

@@ -362,9 +362,11 @@ impl RealmModels {
                     .filter(|(a, b)| a == b)
                     .count()
             };
-            hits.with_retrieval += right(&marginal);
-            hits.null_only += right(&null);
-            hits.masked += e.x.targets.len();
+            hits += MaskedHits {
+                with_retrieval: right(&marginal),
+                null_only: right(&null),
+                masked: e.x.targets.len(),
+            };
         }
         Ok(hits)
     }
@@ -445,6 +447,14 @@ pub struct MaskedHits {
     pub with_retrieval: usize,
     pub null_only: usize,
     pub masked: usize,
+}
+
+impl std::ops::AddAssign for MaskedHits {
+    fn add_assign(&mut self, other: Self) {
+        self.with_retrieval += other.with_retrieval;
+        self.null_only += other.null_only;
+        self.masked += other.masked;
+    }
 }
 
 /// The first `k` of `ranked` passages that do not come from `document` (REALM excludes the
@@ -567,6 +577,10 @@ impl<'a> Pretrainer<'a> {
 
     /// The sentences masked, each with its top-`k` passages from `snapshot` by the input tower
     /// (inference mode, one forward pass), passages of its own document excluded.
+    ///
+    /// The loss embeds the queries again, with dropout and gradient: the search needs the
+    /// dropout-free vector, and the second pass over a few short sentences is a small share of
+    /// the step next to the reader's `k + 1` long rows per sentence.
     fn prepare(
         &self,
         snapshot: &DocSnapshot,
@@ -654,12 +668,9 @@ impl<'a> Pretrainer<'a> {
         let snapshot = self.slot.current();
         let mut total = MaskedHits::default();
         for chunk in sentences.chunks(batch.max(1)) {
-            let hits = self
+            total += self
                 .models
                 .masked_accuracy(&self.prepare(&snapshot, chunk)?)?;
-            total.with_retrieval += hits.with_retrieval;
-            total.null_only += hits.null_only;
-            total.masked += hits.masked;
         }
         Ok(total)
     }
