@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Issue 3's index benchmark on real vectors, ralm against FAISS side by side (outside CI).
+#   scripts/bench_index_real.sh [vectors|sentences|lm|all]   (default: all)
+# vectors: make the vectors (about 20 min of MiniLM and 30 min of SmolLM2 on 2 cores; kept in
+#          $WORK, so a second run reuses them)
+# sentences: (a) MiniLM sentence embeddings of the Wikipedia corpus, Gutenberg and Reuters,
+#          1,000 held-out sentences as queries, k 10, inner product, batches of 100
+# lm:      (b) SmolLM2 kNN-LM keys (final-norm hidden states, f16, dim 576) of WikiText-2 valid,
+#          1,000 held-out positions as queries, k 32, L2, batches of 64
+# Settings: WORK (runs/bench-real), SENTENCES (200000: all the corpora give, if fewer),
+# LM_TOKENS (all of WikiText-2 valid), IVF_A and IVF_B (nlist,m,nprobe lists).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${WORK:-runs/bench-real}
+data=${RALM_DATA:-../shared/data}
+what=${1:-all}
+mkdir -p "$work"
+cargo build --release -p ralm-cli --bin ralm
+ralm=target/release/ralm
+
+vectors() {
+    if [ ! -f "$work/sentences.npy" ]; then
+        python3 scripts/bench_sentences.py --wiki corpora/wiki/summaries_en-us.json \
+            --lm "$data/lm" --keys "${SENTENCES:-200000}" --queries 1000 \
+            --out-keys "$work/sentences.txt" --out-queries "$work/sentences.queries.txt"
+        for f in sentences.queries sentences; do
+            "$ralm" embed --model models/minilm --normalize --batch-size 64 \
+                --input "$work/$f.txt" --output "$work/$f.tmp.npy"
+            mv "$work/$f.tmp.npy" "$work/$f.npy"
+        done
+    fi
+    if [ ! -f "$work/lm.npy" ]; then
+        limit=()
+        [ -n "${LM_TOKENS:-}" ] && limit=(--max-tokens "$LM_TOKENS")
+        "$ralm" knnlm build --model models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --f32 \
+            --out "$work/lm-datastore" --corpus "$data/lm/wikitext-2/valid.txt" "${limit[@]}" \
+            --context 512 --stride 448 --index flat
+        "$ralm" knnlm export-keys "$work/lm-datastore" --queries 1000 --seed 1 \
+            --out "$work/lm.tmp.npy" --queries-out "$work/lm.queries.npy"
+        mv "$work/lm.tmp.npy" "$work/lm.npy"
+    fi
+}
+
+ivf_flags() {
+    for s in $1; do printf -- '--ivf %s ' "$s"; done
+}
+
+case "$what" in
+    vectors) vectors ;;
+    sentences | lm | all)
+        vectors
+        if [ "$what" != lm ]; then
+            echo "== (a) MiniLM sentence embeddings, inner product, k 10"
+            # shellcheck disable=SC2046
+            scripts/bench_index.sh --keys "$work/sentences.npy" \
+                --queries "$work/sentences.queries.npy" --metric ip --k 10 --batch 100 \
+                $(ivf_flags "${IVF_A:-1024,48,8 1024,48,32 1024,96,32}")
+        fi
+        if [ "$what" != sentences ]; then
+            echo "== (b) SmolLM2 kNN-LM keys, L2, k 32"
+            # shellcheck disable=SC2046
+            scripts/bench_index.sh --keys "$work/lm.npy" --queries "$work/lm.queries.npy" \
+                --metric l2 --key-type f16 --k 32 --batch 64 --rerank 128 \
+                $(ivf_flags "${IVF_B:-1024,64,8 1024,64,32}")
+        fi
+        ;;
+    *) echo "usage: $0 [vectors|sentences|lm|all]" >&2; exit 2 ;;
+esac
