@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use ralm_index::{Metric, SearchParams};
 use ralm_knn::datastore::build::BuildProgress;
+use ralm_knn::datastore::IndexSpec;
 use ralm_knn::knnmt::mixer::{read_tuned, write_tuned, TUNED_FILE};
 use ralm_knn::knnmt::tune::ForcedNeighbours;
 use ralm_knn::knnmt::{
@@ -29,6 +30,9 @@ pub enum KnnmtCommand {
     /// Translate general-domain text with and without a datastore (plain λ and adaptive gate)
     /// and report how much the output changes.
     Compare(CompareArgs),
+    /// BLEU against decoding speed: the test half of a dev TSV decoded plainly and with each
+    /// datastore at its tuned setting, IVF-PQ ones at every --nprobes value.
+    Speed(SpeedArgs),
 }
 
 /// Retrieval options of `ralm translate` and `ralm mt eval`.
@@ -562,11 +566,199 @@ fn run_compare(a: &CompareArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Args)]
+pub struct SpeedArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Datastore directory with tuned.json (from `ralm knnmt eval`); repeatable, one series each.
+    #[arg(long, required = true)]
+    datastore: Vec<PathBuf>,
+    /// Dev TSV: its second half is decoded (the half `ralm knnmt eval` reports).
+    #[arg(long)]
+    tsv: PathBuf,
+    /// Only the first N pairs of the TSV.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Inverted lists probed, one decoding run each (IVF-PQ datastores).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
+    nprobes: Vec<usize>,
+    /// Re-score this many PQ candidates with the full f16 keys (IVF-PQ datastores).
+    #[arg(long)]
+    rerank: Option<usize>,
+    /// SVG plot of BLEU against sentences/s.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// JSON report of every run.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+/// One datastore's runs in `ralm knnmt speed`.
+#[derive(Serialize)]
+struct SpeedSeries {
+    datastore: PathBuf,
+    entries: usize,
+    tuned: KnnMtParams,
+    /// (nprobe, run); nprobe is `None` for an exact index.
+    runs: Vec<(Option<usize>, Run)>,
+}
+
+fn run_speed(a: &SpeedArgs) -> anyhow::Result<()> {
+    let tr = a.model.load()?;
+    let (_, test) = Pairs::read_tsv(&a.tsv, a.limit)?.halves();
+    eprintln!("decoding the {} test pairs", test.len());
+    let (base, _) = scored_run("base", &tr, a.model.beam, &test, None)?;
+    let mut series = Vec::new();
+    for dir in &a.datastore {
+        let ds = open_datastore(dir, &a.model.model)?;
+        let tuned = read_tuned(dir)?.with_context(|| {
+            format!(
+                "{} missing: run `ralm knnmt eval` first",
+                dir.join(TUNED_FILE).display()
+            )
+        })?;
+        let probes: Vec<Option<usize>> = match ds.manifest().index {
+            IndexSpec::Flat => vec![None],
+            IndexSpec::IvfPq { .. } => a.nprobes.iter().map(|&n| Some(n)).collect(),
+        };
+        let mut runs = Vec::new();
+        for nprobe in probes {
+            let search = SearchParams {
+                nprobe: nprobe.unwrap_or(1),
+                rerank: a.rerank,
+            };
+            let name = match nprobe {
+                Some(n) => format!("{} nprobe {n}", dir.display()),
+                None => format!("{} exact", dir.display()),
+            };
+            let r = Retrieval::new(&ds, tuned, search, None)?;
+            runs.push((
+                nprobe,
+                scored_run(&name, &tr, a.model.beam, &test, Some(r))?.0,
+            ));
+        }
+        series.push(SpeedSeries {
+            datastore: dir.clone(),
+            entries: ds.len(),
+            tuned,
+            runs,
+        });
+    }
+    if let Some(path) = &a.plot {
+        speed_chart(&base, &series).save(path)?;
+        eprintln!("plot: {}", path.display());
+    }
+    let json = serde_json::to_string_pretty(&serde_json::json!({
+        "test_pairs": test.len(),
+        "rerank": a.rerank,
+        "base": base,
+        "datastores": series,
+    }))?;
+    println!("{json}");
+    if let Some(path) = &a.report {
+        crate::io::write_atomic(path, json.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Test BLEU against sentences/s: one line per datastore (its nprobe sweep), base as a point.
+fn speed_chart(base: &Run, series: &[SpeedSeries]) -> Chart {
+    let mut lines: Vec<Series> = series
+        .iter()
+        .map(|s| {
+            let name = s
+                .datastore
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            let probes: Vec<String> = s
+                .runs
+                .iter()
+                .filter_map(|(n, _)| n.map(|n| n.to_string()))
+                .collect();
+            Series {
+                name: if probes.is_empty() {
+                    format!("kNN-MT {name} (exact)")
+                } else {
+                    format!("kNN-MT {name} (nprobe {})", probes.join(","))
+                },
+                points: s
+                    .runs
+                    .iter()
+                    .map(|(_, r)| (r.sentences_per_s, r.bleu))
+                    .collect(),
+            }
+        })
+        .collect();
+    lines.push(Series {
+        name: "base (no retrieval)".into(),
+        points: vec![(base.sentences_per_s, base.bleu)],
+    });
+    Chart {
+        title: "kNN-MT: test BLEU against decoding speed".into(),
+        x_label: "sentences per second".into(),
+        y_label: "BLEU".into(),
+        log_x: false,
+        series: lines,
+    }
+}
+
 /// Runs a `ralm knnmt` subcommand.
 pub fn run(cmd: &KnnmtCommand) -> anyhow::Result<()> {
     match cmd {
         KnnmtCommand::Build(a) => run_build(a),
         KnnmtCommand::Eval(a) => run_eval(a),
         KnnmtCommand::Compare(a) => run_compare(a),
+        KnnmtCommand::Speed(a) => run_speed(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(bleu: f64, sentences_per_s: f64) -> Run {
+        Run {
+            name: String::new(),
+            bleu,
+            chrf: 0.0,
+            sentences_per_s,
+            mean_lambda: None,
+            search_seconds: None,
+        }
+    }
+
+    #[test]
+    fn speed_chart_has_a_line_per_datastore_and_base_as_a_point() {
+        let tuned = KnnMtParams {
+            k: 32,
+            lambda: 0.5,
+            temperature: 30.0,
+        };
+        let series = [
+            SpeedSeries {
+                datastore: "runs/knnmt/software-ivf".into(),
+                entries: 10,
+                tuned,
+                runs: vec![(Some(1), run(52.0, 56.0)), (Some(64), run(55.0, 35.0))],
+            },
+            SpeedSeries {
+                datastore: "runs/knnmt/software".into(),
+                entries: 10,
+                tuned,
+                runs: vec![(None, run(55.0, 11.0))],
+            },
+        ];
+        let chart = speed_chart(&run(44.7, 76.0), &series);
+        let names: Vec<&str> = chart.series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "kNN-MT software-ivf (nprobe 1,64)",
+                "kNN-MT software (exact)",
+                "base (no retrieval)"
+            ]
+        );
+        assert_eq!(chart.series[0].points, [(56.0, 52.0), (35.0, 55.0)]);
+        assert_eq!(chart.series[2].points, [(76.0, 44.7)]);
     }
 }
