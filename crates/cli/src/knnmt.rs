@@ -445,12 +445,7 @@ fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
         adaptive_speed_fraction,
         sizes,
     };
-    let json = serde_json::to_string_pretty(&report)?;
-    println!("{json}");
-    if let Some(path) = &a.report {
-        crate::io::write_atomic(path, json.as_bytes())?;
-    }
-    Ok(())
+    print_report(&report, a.report.as_deref())
 }
 
 /// Test BLEU against datastore entries (log x), with the base model as a flat line.
@@ -553,17 +548,15 @@ fn run_compare(a: &CompareArgs) -> anyhow::Result<()> {
         );
         changes.push(change);
     }
-    let json = serde_json::to_string_pretty(&serde_json::json!({
-        "sentences": lines.len(),
-        "tuned": tuned,
-        "base_sentences_per_s": base_rate,
-        "runs": changes,
-    }))?;
-    println!("{json}");
-    if let Some(path) = &a.report {
-        crate::io::write_atomic(path, json.as_bytes())?;
-    }
-    Ok(())
+    print_report(
+        &serde_json::json!({
+            "sentences": lines.len(),
+            "tuned": tuned,
+            "base_sentences_per_s": base_rate,
+            "runs": changes,
+        }),
+        a.report.as_deref(),
+    )
 }
 
 #[derive(Args)]
@@ -648,17 +641,15 @@ fn run_speed(a: &SpeedArgs) -> anyhow::Result<()> {
         speed_chart(&base, &series).save(path)?;
         eprintln!("plot: {}", path.display());
     }
-    let json = serde_json::to_string_pretty(&serde_json::json!({
-        "test_pairs": test.len(),
-        "rerank": a.rerank,
-        "base": base,
-        "datastores": series,
-    }))?;
-    println!("{json}");
-    if let Some(path) = &a.report {
-        crate::io::write_atomic(path, json.as_bytes())?;
-    }
-    Ok(())
+    print_report(
+        &serde_json::json!({
+            "test_pairs": test.len(),
+            "rerank": a.rerank,
+            "base": base,
+            "datastores": series,
+        }),
+        a.report.as_deref(),
+    )
 }
 
 /// Test BLEU against sentences/s: one line per datastore (its nprobe sweep), base as a point.
@@ -700,6 +691,16 @@ fn speed_chart(base: &Run, series: &[SpeedSeries]) -> Chart {
         log_x: false,
         series: lines,
     }
+}
+
+/// Prints `report` as pretty JSON and also writes it to `path` when given.
+fn print_report(report: &impl Serialize, path: Option<&Path>) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    println!("{json}");
+    if let Some(path) = path {
+        crate::io::write_atomic(path, json.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Runs a `ralm knnmt` subcommand.
