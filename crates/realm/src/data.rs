@@ -2,14 +2,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{RealmError, Result};
+use crate::fsutil::write_atomic;
 use crate::passages::Passage;
 
 /// A document before chunking: an id unique within its source, a title and its text.
@@ -162,6 +163,17 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
         Ok(())
     })?;
     Ok(out)
+}
+
+/// Writes `records` to `path` as JSON lines (temporary file, fsync, rename).
+pub fn write_jsonl<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
+    write_atomic(path, |out| {
+        for r in records {
+            serde_json::to_writer(&mut *out, r)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    })
 }
 
 /// Reads the string `field` of every record of a generic JSONL file.

@@ -1,7 +1,6 @@
 //! Chunking documents into retrieval passages of bounded wordpiece length (as REALM does),
 //! passage JSONL files, and the squad-open + Wikipedia corpus builder.
 
-use std::io::Write;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::LazyLock;
@@ -13,7 +12,6 @@ use tokenizers::Tokenizer;
 
 use crate::data::{read_jsonl, Document};
 use crate::error::{RealmError, Result};
-use crate::fsutil::write_atomic;
 
 /// REALM's passage length: at most this many wordpieces for title and text together.
 pub const MAX_PASSAGE_WORDPIECES: usize = 288;
@@ -243,13 +241,7 @@ pub fn build_corpus<C: TokenCounter>(
 
 /// Writes passages as JSONL `{id, title, text}` (temporary file, fsync, rename).
 pub fn write_passages(path: &Path, passages: &[Passage]) -> Result<()> {
-    write_atomic(path, |out| {
-        for p in passages {
-            serde_json::to_writer(&mut *out, p)?;
-            out.write_all(b"\n")?;
-        }
-        Ok(())
-    })
+    crate::data::write_jsonl(path, passages)
 }
 
 /// Reads a passages JSONL file `{id, title, text}` per line.

@@ -3,14 +3,12 @@
 //! the warm-up text of the reader, which none of them came from.
 
 use std::collections::HashSet;
-use std::io::Write as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::data::for_each_jsonl;
 use crate::error::{RealmError, Result};
-use crate::fsutil::write_atomic;
 use crate::passages::{document_of, Passage};
 use crate::salient::{choose_span, SalientSpans};
 
@@ -84,13 +82,7 @@ pub fn masked_sentences(
 
 /// Writes `examples` to `path` as JSON lines (`text`, `span`, `document`), atomically.
 pub fn write_examples(path: &Path, examples: &[MaskedSentence]) -> Result<()> {
-    write_atomic(path, |out| {
-        for e in examples {
-            serde_json::to_writer(&mut *out, e)?;
-            out.write_all(b"\n")?;
-        }
-        Ok(())
-    })
+    crate::data::write_jsonl(path, examples)
 }
 
 /// Reads examples written by [`write_examples`]; a span that is empty, past the end of its text
