@@ -8,17 +8,20 @@
 # lm:      (b) SmolLM2 kNN-LM keys (final-norm hidden states, f16, dim 576) of WikiText-2 valid,
 #          1,000 held-out positions as queries, k 32, L2, batches of 64
 # Settings: WORK (runs/bench-real), SENTENCES (200000: all the corpora give, if fewer),
-# LM_TOKENS (all of WikiText-2 valid), IVF_A and IVF_B (nlist,m,nprobe lists).
+# LM_TOKENS (all of WikiText-2 valid), IVF_A and IVF_B (nlist,m,nprobe lists), MIN_TIME (seconds
+# each queries/s figure is measured over, at least: 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${WORK:-runs/bench-real}
 data=${RALM_DATA:-../shared/data}
 what=${1:-all}
 mkdir -p "$work"
-cargo build --release -p ralm-cli --bin ralm
 ralm=target/release/ralm
 
 vectors() {
+    if [ ! -f "$work/sentences.npy" ] || [ ! -f "$work/lm.npy" ]; then
+        cargo build --release -p ralm-cli --bin ralm
+    fi
     if [ ! -f "$work/sentences.npy" ]; then
         python3 scripts/bench_sentences.py --wiki corpora/wiki/summaries_en-us.json \
             --lm "$data/lm" --keys "${SENTENCES:-200000}" --queries 1000 \
@@ -54,6 +57,7 @@ case "$what" in
             # shellcheck disable=SC2046
             scripts/bench_index.sh --keys "$work/sentences.npy" \
                 --queries "$work/sentences.queries.npy" --metric ip --k 10 --batch 100 \
+                --min-time "${MIN_TIME:-2}" \
                 $(ivf_flags "${IVF_A:-1024,48,8 1024,48,32 1024,96,32}")
         fi
         if [ "$what" != sentences ]; then
@@ -61,7 +65,7 @@ case "$what" in
             # shellcheck disable=SC2046
             scripts/bench_index.sh --keys "$work/lm.npy" --queries "$work/lm.queries.npy" \
                 --metric l2 --key-type f16 --k 32 --batch 64 --rerank 128 \
-                $(ivf_flags "${IVF_B:-1024,64,8 1024,64,32}")
+                --min-time "${MIN_TIME:-2}" $(ivf_flags "${IVF_B:-256,64,8 256,64,32}")
         fi
         ;;
     *) echo "usage: $0 [vectors|sentences|lm|all]" >&2; exit 2 ;;

@@ -45,6 +45,8 @@ impl IvfPqParams {
 
 /// Largest precomputed L2 term table kept in memory (floats); bigger ones are computed per probe.
 const MAX_TERMS: usize = 1 << 26;
+/// Codes scored per call of the distance kernel.
+const ADC_BLOCK: usize = 256;
 /// Rows encoded per progress step.
 const ENCODE_CHUNK: usize = 16_384;
 
@@ -58,6 +60,8 @@ pub struct IvfPqIndex {
     pub(crate) centroids: Array<f32>,
     coarse: Rows,
     pub(crate) books: Array<f32>,
+    /// `books` transposed to `m × dsub × 256`, for building distance tables.
+    books_t: Vec<f32>,
     pub(crate) offsets: Array<u64>,
     pub(crate) codes: Array<u8>,
     pub(crate) list_rows: Array<u64>,
@@ -109,13 +113,14 @@ impl IvfPqIndex {
         let sample = gather(&rows, &pick);
         let centroids = kmeans::kmeans(&sample, dim, nlist, params.iters, params.seed)?;
         let coarse = kmeans::centroid_rows(&centroids, dim, rows.metric.kernel());
-        let residuals = residuals(&coarse, &centroids, &sample);
+        let residuals = residuals(&centroids, dim, &sample, &kmeans::assign(&coarse, &sample));
         let books = pq::train(&residuals, dim, m, params.iters, params.seed ^ 0x5051)?;
         let mut idx = IvfPqIndex {
             params: params.clone(),
             centroids: centroids.into(),
             coarse,
             books: books.into(),
+            books_t: Vec::new(),
             offsets: vec![0u64; nlist + 1].into(),
             codes: Array::default(),
             list_rows: Array::default(),
@@ -130,7 +135,7 @@ impl IvfPqIndex {
             progress(r1, n);
         }
         idx.flatten_lists();
-        idx.precompute_terms();
+        idx.prepare_tables();
         Ok(idx)
     }
 
@@ -153,6 +158,7 @@ impl IvfPqIndex {
             centroids,
             coarse,
             books,
+            books_t: Vec::new(),
             offsets,
             codes,
             list_rows,
@@ -160,7 +166,7 @@ impl IvfPqIndex {
             provenance,
             rows,
         };
-        idx.precompute_terms();
+        idx.prepare_tables();
         idx
     }
 
@@ -172,7 +178,7 @@ impl IvfPqIndex {
     fn encode_rows(&mut self, r0: usize, r1: usize) {
         let data = gather(&self.rows, &(r0..r1).collect::<Vec<_>>());
         let assign = kmeans::assign(&self.coarse, &data);
-        let res = residuals(&self.coarse, &self.centroids, &data);
+        let res = residuals(&self.centroids, self.rows.dim, &data, &assign);
         let codes = pq::encode(&self.books, self.rows.dim, self.params.m, &res);
         for (i, ((list, _), code)) in assign
             .iter()
@@ -219,17 +225,19 @@ impl IvfPqIndex {
         )
     }
 
-    fn precompute_terms(&mut self) {
+    /// Transposes the codebooks and, for L2 when small enough, precomputes every list's term table.
+    fn prepare_tables(&mut self) {
+        let (dim, dsub) = (self.rows.dim, self.dsub());
+        self.books_t = pq::transpose_books(&self.books, dsub);
         let size = self.params.nlist * self.params.m * KSUB;
         if self.rows.metric != Metric::L2 || size > MAX_TERMS {
             return;
         }
-        let (dim, dsub) = (self.rows.dim, self.dsub());
         let mut terms = vec![0f32; size];
         terms
             .par_chunks_mut(self.params.m * KSUB)
             .zip(self.centroids.par_chunks(dim))
-            .for_each(|(t, c)| pq::l2_term(&self.books, dsub, c, t));
+            .for_each(|(t, c)| pq::l2_term(&self.books_t, dsub, c, t));
         self.terms = Some(terms);
     }
 
@@ -293,55 +301,70 @@ impl IvfPqIndex {
     }
 
     /// Top candidates (score, row) of one prepared query over its probed lists.
-    fn scan_query(
-        &self,
-        q: &[f32],
-        probes: Vec<(f32, u64)>,
-        cap: usize,
-        table: &mut [f32],
-        qtab: &mut [f32],
-    ) -> TopK {
-        let m = self.params.m;
+    fn scan_query(&self, q: &[f32], probes: Vec<(f32, u64)>, cap: usize, s: &mut Scratch) -> TopK {
+        let (m, dim) = (self.params.m, self.rows.dim);
         let l2 = self.rows.metric == Metric::L2;
-        pq::ip_table(&self.books, self.dsub(), q, qtab);
+        pq::ip_table(&self.books_t, self.dsub(), q, &mut s.qtab);
         let mut top = TopK::new(cap);
         for (base, list) in probes {
             let l = list as usize;
-            if l2 {
-                let own;
+            let ((c0, c1), (r0, r1)) = self.list(l);
+            if r0.is_empty() && r1.is_empty() {
+                continue;
+            }
+            // Inner product: the query's table serves every list. L2: 2⟨q, r⟩ − the list's term.
+            let table = if l2 {
                 let term = match &self.terms {
                     Some(t) => &t[l * m * KSUB..(l + 1) * m * KSUB],
                     None => {
-                        let mut t = vec![0f32; m * KSUB];
-                        pq::l2_term(
-                            &self.books,
-                            self.dsub(),
-                            &self.centroids[l * self.rows.dim..(l + 1) * self.rows.dim],
-                            &mut t,
-                        );
-                        own = t;
-                        &own
+                        let c = &self.centroids[l * dim..(l + 1) * dim];
+                        pq::l2_term(&self.books_t, self.dsub(), c, &mut s.term);
+                        &s.term
                     }
                 };
-                for ((x, &a), &b) in table.iter_mut().zip(qtab.iter()).zip(term) {
-                    *x = 2.0 * a - b;
-                }
+                kernel::twice_minus(&s.qtab, term, &mut s.table);
+                &s.table
             } else {
-                table.copy_from_slice(qtab);
-            }
-            let ((c0, c1), (r0, r1)) = self.list(l);
+                &s.qtab
+            };
             for (codes, rows) in [(c0, r0), (c1, r1)] {
-                let mut thr = top.threshold();
-                for (code, &row) in codes.chunks_exact(m).zip(rows) {
-                    let s = base + pq::adc(table, code);
-                    if s >= thr && !self.rows.is_dead(row as usize) {
-                        top.push(s, row);
-                        thr = top.threshold();
+                for (codes, rows) in codes.chunks(m * ADC_BLOCK).zip(rows.chunks(ADC_BLOCK)) {
+                    let dists = &mut s.dists[..rows.len()];
+                    pq::adc_many(table, codes, m, dists);
+                    let mut thr = top.threshold();
+                    for (&d, &row) in dists.iter().zip(rows) {
+                        let score = base + d;
+                        if score >= thr && !self.rows.is_dead(row as usize) {
+                            top.push(score, row);
+                            thr = top.threshold();
+                        }
                     }
                 }
             }
         }
         top
+    }
+}
+
+/// Per-thread buffers of a search: the query's inner-product table, a list's distance table
+/// and term (when not precomputed), the key buffer of re-ranking and a block of distances.
+struct Scratch {
+    qtab: Vec<f32>,
+    table: Vec<f32>,
+    term: Vec<f32>,
+    key: Vec<f32>,
+    dists: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(m: usize, dim: usize) -> Self {
+        Scratch {
+            qtab: vec![0f32; m * KSUB],
+            table: vec![0f32; m * KSUB],
+            term: vec![0f32; m * KSUB],
+            key: vec![0f32; dim],
+            dists: vec![0f32; ADC_BLOCK],
+        }
     }
 }
 
@@ -355,12 +378,10 @@ fn gather(rows: &Rows, pick: &[usize]) -> Vec<f32> {
     out
 }
 
-/// Each row of `data` minus its nearest coarse centroid.
-fn residuals(coarse: &Rows, centroids: &[f32], data: &[f32]) -> Vec<f32> {
-    let dim = coarse.dim;
-    let assign = kmeans::assign(coarse, data);
+/// Each row of `data` minus its assigned coarse centroid.
+fn residuals(centroids: &[f32], dim: usize, data: &[f32], assign: &[(u64, f32)]) -> Vec<f32> {
     let mut out = data.to_vec();
-    for (row, (c, _)) in out.chunks_exact_mut(dim).zip(assign) {
+    for (row, &(c, _)) in out.chunks_exact_mut(dim).zip(assign) {
         let c = &centroids[c as usize * dim..(c as usize + 1) * dim];
         for (x, y) in row.iter_mut().zip(c) {
             *x -= y;
@@ -390,15 +411,9 @@ impl Index for IvfPqIndex {
             .par_chunks(dim)
             .zip(probes)
             .map_init(
-                || {
-                    (
-                        vec![0f32; self.params.m * KSUB],
-                        vec![0f32; self.params.m * KSUB],
-                        vec![0f32; dim],
-                    )
-                },
-                |(table, qtab, buf), (qv, probe)| {
-                    let cands = self.scan_query(qv, probe.into_sorted(), cap, table, qtab);
+                || Scratch::new(self.params.m, dim),
+                |s, (qv, probe)| {
+                    let cands = self.scan_query(qv, probe.into_sorted(), cap, s);
                     let mut top = TopK::new(k);
                     if params.rerank.is_some() {
                         let qn = if self.rows.metric == Metric::L2 {
@@ -408,7 +423,7 @@ impl Index for IvfPqIndex {
                         };
                         for (_, row) in cands.into_sorted() {
                             let r = row as usize;
-                            top.push(self.rows.score(qv, qn, r, buf), self.rows.id(r));
+                            top.push(self.rows.score(qv, qn, r, &mut s.key), self.rows.id(r));
                         }
                     } else {
                         for (s, row) in cands.into_sorted() {

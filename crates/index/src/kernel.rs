@@ -2,7 +2,7 @@
 //! vectorises it (fixed-size accumulator tiles over contiguous f32), with an AVX2+FMA
 //! version selected at run time on x86-64.
 
-use half::f16;
+use half::{f16, slice::HalfFloatSliceExt};
 
 /// Keys per packed panel (one accumulator row of the micro-kernel).
 pub(crate) const PANEL: usize = 16;
@@ -31,24 +31,31 @@ pub(crate) enum KeyRows<'a> {
     F16(&'a [f16]),
 }
 
-/// Packs `n` key rows into panels laid out `[panel][dim][PANEL]`, zero padded, into `out`.
+/// Packs `n` key rows into panels laid out `[panel][dim][PANEL]`, zero padded, into `out`
+/// (f16 rows are converted a row at a time, with the CPU's vector conversion where it has one).
 pub(crate) fn pack_keys(rows: KeyRows<'_>, n: usize, dim: usize, out: &mut Vec<f32>) {
     let np = n.div_ceil(PANEL);
     out.clear();
     out.resize(np * dim * PANEL, 0.0);
+    let mut row = vec![
+        0f32;
+        if matches!(rows, KeyRows::F16(_)) {
+            dim
+        } else {
+            0
+        }
+    ];
     for r in 0..n {
         let base = (r / PANEL) * dim * PANEL + r % PANEL;
-        match rows {
-            KeyRows::F32(k) => {
-                for (d, &x) in k[r * dim..(r + 1) * dim].iter().enumerate() {
-                    out[base + d * PANEL] = x;
-                }
-            }
+        let src = match rows {
+            KeyRows::F32(k) => &k[r * dim..(r + 1) * dim],
             KeyRows::F16(k) => {
-                for (d, &x) in k[r * dim..(r + 1) * dim].iter().enumerate() {
-                    out[base + d * PANEL] = x.to_f32();
-                }
+                k[r * dim..(r + 1) * dim].convert_to_f32_slice(&mut row);
+                &row
             }
+        };
+        for (d, &x) in src.iter().enumerate() {
+            out[base + d * PANEL] = x;
         }
     }
 }
@@ -172,6 +179,76 @@ pub(crate) fn dots(
             _ => micro::<1>(qp, panel, o, ld),
         },
     );
+}
+
+/// `out[c] = Σ_d x[d]·t[d·k + c]` for the `k = out.len()` columns of a `dim × k` matrix `t`
+/// (rows transposed so that every step is a broadcast over contiguous columns).
+#[inline(always)]
+fn dots_transposed_generic(t: &[f32], x: &[f32], out: &mut [f32]) {
+    let k = out.len();
+    out.fill(0.0);
+    for (&xd, row) in x.iter().zip(t.chunks_exact(k)) {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o += xd * v;
+        }
+    }
+}
+
+/// [`dots_transposed_generic`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dots_transposed_avx2(t: &[f32], x: &[f32], out: &mut [f32]) {
+    dots_transposed_generic(t, x, out)
+}
+
+/// `out[c] = Σ_d x[d]·t[d·k + c]`: one row `x` against the `k = out.len()` columns of a
+/// transposed `dim × k` matrix (small dimensions: PQ sub-spaces and their tables).
+pub(crate) fn dots_transposed(t: &[f32], x: &[f32], out: &mut [f32]) {
+    assert!(t.len() >= x.len() * out.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked above).
+        return unsafe { dots_transposed_avx2(t, x, out) };
+    }
+    dots_transposed_generic(t, x, out)
+}
+
+/// `out[i] = 2·a[i] − b[i]` (an L2 distance table from an inner-product table and a term).
+pub(crate) fn twice_minus(a: &[f32], b: &[f32], out: &mut [f32]) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = 2.0 * x - y;
+    }
+}
+
+/// The first position of the largest value of `v` (not empty, no NaN) and that value; the
+/// maximum is found eight lanes at a time.
+pub(crate) fn argmax(v: &[f32]) -> (usize, f32) {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = v.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l = if x > *l { x } else { *l };
+        }
+    }
+    let best = lanes.into_iter().fold(tail, f32::max);
+    (v.iter().position(|&x| x == best).unwrap_or(0), best)
+}
+
+/// Row-major `rows × cols` matrix `a` transposed to `cols × rows`.
+pub(crate) fn transpose(a: &[f32], cols: usize) -> Vec<f32> {
+    let rows = a.len() / cols;
+    let mut out = vec![0f32; a.len()];
+    for (r, row) in a.chunks_exact(cols).enumerate() {
+        for (c, &x) in row.iter().enumerate() {
+            out[c * rows + r] = x;
+        }
+    }
+    out
 }
 
 /// Plain inner product with 16 independent accumulators (for re-ranking and small jobs).

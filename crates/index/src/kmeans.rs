@@ -2,7 +2,10 @@
 //! from the largest) with assignment done by the exact flat kernel.
 
 use crate::error::{IndexError, Result};
+use rayon::prelude::*;
+
 use crate::flat;
+use crate::kernel;
 use crate::metric::{KeyType, Metric};
 use crate::rng::Rng;
 use crate::rows::Rows;
@@ -27,6 +30,34 @@ pub(crate) fn assign(centroids: &Rows, data: &[f32]) -> Vec<(u64, f32)> {
         .collect()
 }
 
+/// Widest rows assigned by the transposed small-dimension kernel (PQ sub-spaces) rather than
+/// by the blocked flat kernel.
+const SMALL_DIM: usize = 32;
+
+/// The nearest (L2) of `centroids` (`k × dim`) to each row of `data`, as (index, score) with the
+/// flat kernel's score `2⟨x, c⟩ − ‖x‖² − ‖c‖²`; ties go to the smaller index.
+pub(crate) fn assign_l2(centroids: &[f32], dim: usize, data: &[f32]) -> Vec<(u64, f32)> {
+    if dim > SMALL_DIM {
+        return assign(&centroid_rows(centroids, dim, Metric::L2), data);
+    }
+    let k = centroids.len() / dim;
+    let ct = kernel::transpose(centroids, dim);
+    let norms: Vec<f32> = centroids.chunks_exact(dim).map(kernel::norm2).collect();
+    data.par_chunks(dim)
+        .map_init(
+            || vec![0f32; k],
+            |scores, x| {
+                kernel::dots_transposed(&ct, x, scores);
+                for (s, &cn) in scores.iter_mut().zip(&norms) {
+                    *s = 2.0 * *s - cn;
+                }
+                let (c, s) = kernel::argmax(scores);
+                (c as u64, s - kernel::norm2(x))
+            },
+        )
+        .collect()
+}
+
 /// `k` centroids of `data` (`n × dim`, `n ≥ k`) after `iters` Lloyd iterations, reproducible for `seed`.
 pub(crate) fn kmeans(
     data: &[f32],
@@ -48,7 +79,7 @@ pub(crate) fn kmeans(
         .flat_map(|i| data[i * dim..(i + 1) * dim].iter().copied())
         .collect();
     for _ in 0..iters {
-        let assignment = assign(&centroid_rows(&cent, dim, Metric::L2), data);
+        let assignment = assign_l2(&cent, dim, data);
         let mut sums = vec![0f64; k * dim];
         let mut counts = vec![0usize; k];
         for (row, &(c, _)) in data.chunks_exact(dim).zip(&assignment) {
@@ -88,6 +119,24 @@ pub(crate) fn kmeans(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_dimension_assignment_matches_the_flat_kernel() {
+        let mut rng = Rng::new(5);
+        for dim in [1, 8, 32, 33] {
+            let cent: Vec<f32> = (0..256 * dim).map(|_| rng.normal()).collect();
+            let data: Vec<f32> = (0..500 * dim).map(|_| rng.normal()).collect();
+            let want = assign(&centroid_rows(&cent, dim, Metric::L2), &data);
+            let got = assign_l2(&cent, dim, &data);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.0, w.0, "dim {dim} row {i}");
+                assert!(
+                    (g.1 - w.1).abs() < 1e-3 * (1.0 + w.1.abs()),
+                    "dim {dim} row {i}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn finds_separated_clusters_deterministically() {

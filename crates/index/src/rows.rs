@@ -2,7 +2,7 @@
 //! Rows are numbered across a (possibly memory-mapped) base segment and an in-memory tail
 //! of appended rows.
 
-use half::f16;
+use half::{f16, slice::HalfFloatSliceExt};
 use std::collections::HashSet;
 
 use crate::array::Array;
@@ -56,11 +56,7 @@ impl Keys {
 pub(crate) fn row_f32(rows: KeyRows<'_>, dim: usize, r: usize, out: &mut [f32]) {
     match rows {
         KeyRows::F32(k) => out.copy_from_slice(&k[r * dim..(r + 1) * dim]),
-        KeyRows::F16(k) => {
-            for (o, x) in out.iter_mut().zip(&k[r * dim..(r + 1) * dim]) {
-                *o = x.to_f32();
-            }
-        }
+        KeyRows::F16(k) => k[r * dim..(r + 1) * dim].convert_to_f32_slice(out),
     }
 }
 
