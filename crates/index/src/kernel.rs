@@ -181,16 +181,30 @@ pub(crate) fn dots(
     );
 }
 
+/// Columns of [`dots_transposed`] kept in registers while the rows stream past.
+const COLS: usize = 32;
+
 /// `out[c] = Σ_d x[d]·t[d·k + c]` for the `k = out.len()` columns of a `dim × k` matrix `t`
-/// (rows transposed so that every step is a broadcast over contiguous columns).
+/// (rows transposed so that every step is a broadcast over contiguous columns), `COLS`
+/// columns at a time so that the sums stay in registers.
 #[inline(always)]
 fn dots_transposed_generic(t: &[f32], x: &[f32], out: &mut [f32]) {
     let k = out.len();
-    out.fill(0.0);
-    for (&xd, row) in x.iter().zip(t.chunks_exact(k)) {
-        for (o, &v) in out.iter_mut().zip(row) {
-            *o += xd * v;
+    let full = k - k % COLS;
+    for c0 in (0..full).step_by(COLS) {
+        let mut acc = [0f32; COLS];
+        for (d, &xd) in x.iter().enumerate() {
+            let row: &[f32; COLS] = t[d * k + c0..d * k + c0 + COLS]
+                .try_into()
+                .expect("column block");
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += xd * v;
+            }
         }
+        out[c0..c0 + COLS].copy_from_slice(&acc);
+    }
+    for (c, o) in out.iter_mut().enumerate().skip(full) {
+        *o = x.iter().enumerate().map(|(d, &xd)| xd * t[d * k + c]).sum();
     }
 }
 
