@@ -37,6 +37,9 @@ pub struct ServerArgs {
     /// Causal LM of the datastores (GGUF file or HF directory).
     #[arg(long)]
     lm: Option<PathBuf>,
+    /// Run a GGUF LM with quantized matmuls (less memory, slower) instead of dequantized f32.
+    #[arg(long)]
+    lm_quantized: bool,
     /// Bearer token of the admin endpoints (also read from RALM_ADMIN_TOKEN).
     #[arg(long)]
     admin_token: Option<String>,
@@ -96,6 +99,7 @@ impl ServerArgs {
         if let Some(lm) = &self.lm {
             c.lm = lm.clone();
         }
+        c.lm_quantized |= self.lm_quantized;
         if let Some(d) = crate::device::given_name() {
             c.device = d;
         }

@@ -257,6 +257,24 @@ fn probabilities_match_brute_force_formula() {
             }
         }
     }
+    // Texts scored together (one batch of windows, one search) give each text's own scores.
+    let texts: [&[u32]; 3] = [&eval, &eval[..25], &eval[40..47]];
+    let many = knn.score_many(&texts, &scoring()).unwrap();
+    for (ids, got) in texts.iter().zip(&many) {
+        let alone = knn
+            .score_ids(ids, &scoring(), false, &mut |_, _| {})
+            .unwrap();
+        assert_eq!(got.cache.len(), ids.len() - 1);
+        for i in 0..ids.len() - 1 {
+            let (a, b) = (
+                got.cache.log_prob(i, 0.3, 4.0),
+                alone.cache.log_prob(i, 0.3, 4.0),
+            );
+            assert!((a - b).abs() < 1e-3, "position {i}: {a} vs {b}");
+        }
+    }
+    assert!(knn.score_many(&[&eval[..1]], &scoring()).is_err());
+
     // The query keys the pipeline kept are the same whole-text keys.
     for (a, b) in scored.keys.iter().zip(&queries) {
         assert!((a - b).abs() < 1e-3, "{a} vs {b}");

@@ -395,3 +395,32 @@ fn sliding_window_scoring() {
         .zip(&direct)
         .any(|(a, b)| (a - b).abs() > 1e-3));
 }
+
+#[test]
+fn texts_scored_together_match_each_scored_alone() {
+    let model = mem_model();
+    let vocab = model.config().vocab_size;
+    let (a, b, c) = (
+        tokens(30, 1, vocab),
+        tokens(7, 2, vocab),
+        tokens(19, 3, vocab),
+    );
+    let opts = ScoreOptions {
+        context_len: 12,
+        stride: 5,
+        batch: 4,
+        keys: Some(KeyKind::FinalHidden),
+    };
+    let together = model.score_texts(&[&a, &b, &c], &opts).unwrap();
+    assert_eq!(together.len(), 3);
+    for (ids, got) in [&a, &b, &c].into_iter().zip(&together) {
+        let alone = model.score_windows(ids, &opts).unwrap();
+        assert_eq!(got.nll.len(), ids.len() - 1);
+        for (x, y) in got.nll.iter().zip(&alone.nll) {
+            assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+        }
+        let (kg, ka) = (got.keys.as_ref().unwrap(), alone.keys.as_ref().unwrap());
+        assert_eq!(kg.dims(), ka.dims());
+        assert!(max_abs_diff(kg, ka) < 1e-4);
+    }
+}

@@ -27,6 +27,9 @@ pub struct ServerConfig {
     pub qa_indexes: Vec<NamedPath>,
     /// Causal LM (GGUF file or HF directory) the kNN-LM datastores were built with.
     pub lm: PathBuf,
+    /// Run a GGUF LM with quantized matmuls (less memory, about 5× slower scoring on CPU)
+    /// instead of weights dequantized to f32.
+    pub lm_quantized: bool,
     /// kNN-LM datastores built by `ralm knnlm build`.
     pub datastores: Vec<DatastoreConfig>,
     /// Marian/Bergamot translation model directories.
@@ -192,6 +195,7 @@ impl Default for ServerConfig {
             score_scale: ralm_realm::ask::DEFAULT_SCORE_SCALE,
             qa_indexes: Vec::new(),
             lm: "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            lm_quantized: false,
             datastores: Vec::new(),
             translators: Vec::new(),
             mt_datastores: Vec::new(),

@@ -8,7 +8,7 @@ use ralm_models::llama::Sampler;
 use crate::api::ScoreResponse;
 use crate::error::ApiError;
 
-/// Windows per forward pass and targets per pipelined chunk when scoring a request's text.
+/// Windows per forward pass and targets per chunk when scoring requests' texts.
 const SCORE_BATCH: usize = 8;
 const SCORE_CHUNK_TOKENS: usize = 1024;
 
@@ -17,42 +17,78 @@ fn perplexity(log_probs: &[f32]) -> f64 {
     (nll / log_probs.len().max(1) as f64).exp()
 }
 
-/// Per-token log-probabilities of `text` under `knn` mixed with `lambda`, and under the LM alone.
-pub fn score(
+/// One scoring request of a batch: the text and the λ to mix with.
+pub struct ScoreJob {
+    /// Text to score.
+    pub text: String,
+    /// Weight of p_kNN.
+    pub lambda: f32,
+}
+
+/// Per-token log-probabilities of each job's text under `knn` mixed with its λ, and under the
+/// LM alone. The texts share forward passes and one datastore search; a job whose text is bad
+/// fails alone.
+pub fn score_batch(
     knn: &KnnLm,
     name: &str,
     version: u64,
-    text: &str,
-    lambda: f32,
-) -> Result<ScoreResponse, ApiError> {
-    let ids = knn.tokenizer.encode(text)?;
-    if ids.len() < 2 {
-        return Err(ApiError::bad_request(
-            "`text` must be at least two tokens long to score",
-        ));
-    }
-    let opts = knn.default_scoring(SCORE_BATCH, SCORE_CHUNK_TOKENS);
-    let scored = knn.score_ids(&ids, &opts, false, &mut |_, _| {})?;
-    let t = knn.params.temperature;
-    let n = scored.cache.len();
-    let log_probs: Vec<f32> = (0..n)
-        .map(|i| scored.cache.log_prob(i, lambda, t))
-        .collect();
-    let lm_log_probs: Vec<f32> = (0..n).map(|i| scored.cache.log_prob(i, 0.0, t)).collect();
-    let tokens = ids[1..]
+    jobs: &[ScoreJob],
+) -> Vec<Result<ScoreResponse, ApiError>> {
+    let encoded: Vec<Result<Vec<u32>, ApiError>> = jobs
         .iter()
-        .map(|&id| knn.tokenizer.decode(&[id]))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(ScoreResponse {
-        datastore: name.to_string(),
-        version,
-        lambda,
-        tokens,
-        perplexity: perplexity(&log_probs),
-        lm_perplexity: perplexity(&lm_log_probs),
-        log_probs,
-        lm_log_probs,
-    })
+        .map(|j| {
+            let ids = knn.tokenizer.encode(&j.text)?;
+            if ids.len() < 2 {
+                return Err(ApiError::bad_request(
+                    "`text` must be at least two tokens long to score",
+                ));
+            }
+            Ok(ids)
+        })
+        .collect();
+    let texts: Vec<&[u32]> = encoded.iter().flatten().map(Vec::as_slice).collect();
+    let mut scored = match texts.is_empty() {
+        true => Vec::new(),
+        false => {
+            let opts = knn.default_scoring(SCORE_BATCH, SCORE_CHUNK_TOKENS);
+            match knn.score_many(&texts, &opts) {
+                Ok(s) => s,
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    return jobs.iter().map(|_| Err(e.clone())).collect();
+                }
+            }
+        }
+    }
+    .into_iter();
+    let t = knn.params.temperature;
+    jobs.iter()
+        .zip(encoded)
+        .map(|(job, ids)| {
+            let ids = ids?;
+            let cache = scored
+                .next()
+                .ok_or_else(|| ApiError::internal("scoring returned too few texts"))?
+                .cache;
+            let n = cache.len();
+            let log_probs: Vec<f32> = (0..n).map(|i| cache.log_prob(i, job.lambda, t)).collect();
+            let lm_log_probs: Vec<f32> = (0..n).map(|i| cache.log_prob(i, 0.0, t)).collect();
+            let tokens = ids[1..]
+                .iter()
+                .map(|&id| knn.tokenizer.decode(&[id]))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(ScoreResponse {
+                datastore: name.to_string(),
+                version,
+                lambda: job.lambda,
+                tokens,
+                perplexity: perplexity(&log_probs),
+                lm_perplexity: perplexity(&lm_log_probs),
+                log_probs,
+                lm_log_probs,
+            })
+        })
+        .collect()
 }
 
 /// Generation settings of one request.

@@ -24,7 +24,7 @@ use crate::api::{
     UsedDatastore,
 };
 use crate::error::ApiError;
-use crate::lm::{self, GenerateSpec};
+use crate::lm::{self, GenerateSpec, ScoreJob};
 use crate::openapi;
 use crate::state::{AppState, RetrieveJob};
 
@@ -152,11 +152,14 @@ async fn ask(State(st): St, ApiJson(r): ApiJson<AskRequest>) -> Result<Response,
 
 async fn score(State(st): St, ApiJson(r): ApiJson<ScoreRequest>) -> Result<Response, ApiError> {
     check_text("text", &r.text, &st.config.limits)?;
-    let (name, entry) = st.datastore(r.datastore.as_deref())?;
-    let (version, knn) = entry.slot.get();
-    let lambda = r.lambda.unwrap_or(knn.params.lambda);
+    let (_, entry) = st.datastore(r.datastore.as_deref())?;
+    let lambda = r.lambda.unwrap_or(entry.slot.get().1.params.lambda);
     check_lambda(lambda)?;
-    let out = blocking(move || lm::score(&knn, &name, version, &r.text, lambda)).await?;
+    let job = ScoreJob {
+        text: r.text,
+        lambda,
+    };
+    let out = entry.score.submit(job).await??;
     Ok(Json(out).into_response())
 }
 

@@ -22,10 +22,11 @@ use ralm_realm::retriever::DenseEncoder;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::api::{Hit, RetrieveResponse};
+use crate::api::{Hit, RetrieveResponse, ScoreResponse};
 use crate::batch::{BatchFn, BatchPolicy, Batcher};
 use crate::config::{DatastoreConfig, MtDatastoreConfig, NamedPath, ServerConfig};
 use crate::error::{ApiError, LoadError};
+use crate::lm::{self, ScoreJob};
 use crate::metrics::Metrics;
 
 /// The IndexStore root inside a QA index directory (see `ralm_realm::qa_index`).
@@ -89,12 +90,14 @@ pub struct QaEntry {
     pub retrieve: Batcher<RetrieveJob, Result<RetrieveResponse, ApiError>>,
 }
 
-/// A kNN-LM datastore with its own copy of the LM.
+/// A kNN-LM datastore with its own copy of the LM, and its scoring batcher.
 pub struct DatastoreEntry {
     /// What the config says about it.
     pub config: DatastoreConfig,
     /// The loaded kNN-LM and its load generation.
-    pub slot: Slot<KnnLm>,
+    pub slot: Arc<Slot<KnnLm>>,
+    /// Batched scoring: texts of concurrent requests share forward passes and one search.
+    pub score: Batcher<ScoreJob, Result<ScoreResponse, ApiError>>,
 }
 
 /// A translator and its batcher.
@@ -171,10 +174,10 @@ pub fn load_qa(cfg: &ServerConfig, dir: &Path) -> Result<(u64, QaSystem), LoadEr
 
 /// Loads the LM and the datastore `ds` into a kNN-LM.
 pub fn load_knnlm(cfg: &ServerConfig, ds: &DatastoreConfig) -> Result<KnnLm, LoadError> {
-    let mode = if cfg.lm.is_dir() {
-        WeightMode::F32
-    } else {
+    let mode = if cfg.lm_quantized && !cfg.lm.is_dir() {
         WeightMode::Quantized
+    } else {
+        WeightMode::F32
     };
     let lm = LlamaModel::load(&cfg.lm, mode, &device(cfg)?)
         .map_err(|e| LoadError::load("language model", &cfg.lm, e))?;
@@ -404,9 +407,18 @@ impl AppState {
         for ds in &config.datastores {
             let knn = load_knnlm(&config, ds)?;
             metrics.set_version("datastore", &ds.name, 1);
+            let slot = Arc::new(Slot::new(1, knn));
+            let (n, s) = (ds.name.clone(), slot.clone());
+            let run: BatchFn<_, _> = Arc::new(move |jobs: Vec<ScoreJob>| {
+                let (version, knn) = s.get();
+                lm::score_batch(&knn, &n, version, &jobs)
+            });
+            let score = Batcher::new(&format!("score:{}", ds.name), policy, metrics.clone(), run)
+                .map_err(spawn_err)?;
             let entry = DatastoreEntry {
                 config: ds.clone(),
-                slot: Slot::new(1, knn),
+                slot,
+                score,
             };
             datastores.insert(ds.name.clone(), entry);
         }

@@ -815,6 +815,69 @@ async fn concurrent_requests_are_batched_and_answered_like_single_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_knnlm_scores_are_batched_and_answered_like_single_ones() {
+    let Some(f) = fixture() else { return };
+    let mut cfg = config(f);
+    cfg.qa_indexes.clear();
+    cfg.batching.max_wait_ms = 50;
+    let s = Server::start(cfg).await;
+    let texts = [
+        "The river flows north through the valley before it reaches the sea.",
+        "A short sentence about chess.",
+        "Penicillin was discovered in a London laboratory.",
+        "Hi",
+    ];
+    let body = |i: usize| json!({"text": texts[i % texts.len()], "lambda": 0.1 * (i % 3) as f64});
+    let mut single = Vec::new();
+    for i in 0..texts.len() * 3 {
+        single.push(post(&s.client, "/v1/lm/score", body(i)).await);
+    }
+    let tasks: Vec<_> = (0..texts.len() * 3)
+        .map(|i| {
+            let (c, b) = (s.client.clone(), body(i));
+            tokio::spawn(async move { (i, c.post_json("/v1/lm/score", &b).await.unwrap()) })
+        })
+        .collect();
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        let want = &single[i];
+        assert_eq!(r.status, want.status, "{}", r.text());
+        if texts[i % texts.len()] == "Hi" {
+            // A bad text in a batch fails alone.
+            assert_error(&r, 400, "two tokens");
+            continue;
+        }
+        let (v, w) = (r.json().unwrap(), want.json().unwrap());
+        assert_eq!(v["tokens"], w["tokens"]);
+        assert_eq!(v["lambda"], w["lambda"]);
+        for key in ["log_probs", "lm_log_probs"] {
+            for (a, b) in v[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(w[key].as_array().unwrap())
+            {
+                let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+                assert!((a - b).abs() < 1e-3, "request {i} {key}: {a} vs {b}");
+            }
+        }
+    }
+    let m = s.client.get("/metrics").await.unwrap().text();
+    let count = |suffix: &str| -> f64 {
+        let prefix = format!("ralm_batch_size_{suffix}{{batcher=\"score:text\"}}");
+        let line = m.lines().find(|l| l.starts_with(&prefix)).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    // 12 single requests (12 batches) then 12 concurrent ones in fewer than 12 batches.
+    assert!(
+        count("count") < 24.0 && count("sum") == 24.0,
+        "{} batches for 24 requests: no batching",
+        count("count")
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overload_answers_503_and_slow_requests_504() {
     let Some(f) = fixture() else { return };
     let mut cfg = config(f);

@@ -6,10 +6,10 @@ use super::datastore::Datastore;
 use super::sweep::NeighbourCache;
 use crate::error::{KnnError, Result};
 use crate::mixture::{knn_distribution, mix_into_log_probs};
-use candle_core::{Tensor, D};
+use candle_core::{DType, Tensor, D};
 use ralm_index::SearchParams;
 use ralm_models::bpe::LmTokenizer;
-use ralm_models::llama::{ForwardOptions, KeyKind, LlamaModel, Sampler};
+use ralm_models::llama::{ForwardOptions, KeyKind, LlamaModel, Sampler, ScoreOptions};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -172,6 +172,55 @@ impl KnnLm {
             keys,
             seconds: start.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Scores several short texts together: their windows share forward passes and all their
+    /// positions one search call (the cross-request batch of a server). Each result equals
+    /// [`score_ids`](Self::score_ids) of that text when it fits one chunk.
+    pub fn score_many(&self, texts: &[&[u32]], opts: &ScoringOptions) -> Result<Vec<Scored>> {
+        let start = Instant::now();
+        let p = &self.params;
+        let pass = self.pass(opts)?;
+        let scored = self.lm.score_texts(
+            texts,
+            &ScoreOptions {
+                context_len: pass.context_len,
+                stride: pass.stride,
+                batch: pass.batch,
+                keys: Some(pass.key),
+            },
+        )?;
+        let mut keys = Vec::new();
+        for s in &scored {
+            if let Some(k) = &s.keys {
+                keys.extend(k.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+            }
+        }
+        if keys.is_empty() {
+            return Err(KnnError::Invalid(
+                "nothing to score: every text is shorter than two tokens".into(),
+            ));
+        }
+        let nb = self.datastore.search(&keys, p.k, &p.search)?;
+        let seconds = start.elapsed().as_secs_f64();
+        let mut row = 0;
+        Ok(texts
+            .iter()
+            .zip(scored)
+            .map(|(ids, s)| {
+                let mut cache = NeighbourCache::new(p.k);
+                for (&t, &nll) in ids.iter().skip(1).zip(&s.nll) {
+                    let (sc, tk) = nb.row(row);
+                    cache.push(sc, tk, t, -nll);
+                    row += 1;
+                }
+                Scored {
+                    cache,
+                    keys: Vec::new(),
+                    seconds,
+                }
+            })
+            .collect())
     }
 
     /// Times the base LM alone over `ids` with the same chunking (no search); returns seconds

@@ -87,6 +87,22 @@ impl LlamaModel {
         opts: &ScoreOptions,
         progress: &mut dyn FnMut(usize),
     ) -> Result<WindowScores> {
+        let mut all = self.score_texts_with_progress(&[ids], opts, progress)?;
+        Ok(all.pop().expect("one text in, one result out"))
+    }
+
+    /// Scores several texts at once, [`score_windows`](Self::score_windows) for each: their
+    /// windows share forward passes (`opts.batch` windows per pass, from any of the texts).
+    pub fn score_texts(&self, texts: &[&[u32]], opts: &ScoreOptions) -> Result<Vec<WindowScores>> {
+        self.score_texts_with_progress(texts, opts, &mut |_| {})
+    }
+
+    fn score_texts_with_progress(
+        &self,
+        texts: &[&[u32]],
+        opts: &ScoreOptions,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<WindowScores>> {
         if opts.batch == 0 {
             return Err(ModelError::Invalid("batch must be positive".into()));
         }
@@ -97,20 +113,34 @@ impl LlamaModel {
                 self.config().max_position_embeddings
             )));
         }
-        let windows = plan_windows(ids.len(), opts.context_len, opts.stride)?;
+        // Every window of every text, tagged with its text, in text order.
+        let mut windows = Vec::new();
+        for (t, ids) in texts.iter().enumerate() {
+            let plan = plan_windows(ids.len(), opts.context_len, opts.stride)?;
+            windows.extend(plan.into_iter().map(|w| (t, w)));
+        }
         let fwd_opts = ForwardOptions {
             capture_ffn_input: opts.keys == Some(KeyKind::FfnInput),
             left_padding: Vec::new(),
         };
-        let mut nll = Vec::with_capacity(ids.len().saturating_sub(1));
-        let mut keys = Vec::new();
+        let mut nll: Vec<Vec<f32>> = texts
+            .iter()
+            .map(|ids| Vec::with_capacity(ids.len().saturating_sub(1)))
+            .collect();
+        let mut keys: Vec<Vec<Tensor>> = vec![Vec::new(); texts.len()];
+        let mut done = 0;
         for group in windows.chunks(opts.batch) {
             // Right padding: under the causal mask, real positions never see the padding.
-            let width = group.iter().map(|w| w.end - w.begin).max().unwrap_or(0);
+            let width = group
+                .iter()
+                .map(|(_, w)| w.end - w.begin)
+                .max()
+                .unwrap_or(0);
             let mut input = Vec::with_capacity(group.len() * width);
             let mut rows = Vec::new();
             let mut targets = Vec::new();
-            for (r, w) in group.iter().enumerate() {
+            for (r, &(t, w)) in group.iter().enumerate() {
+                let ids = texts[t];
                 input.extend_from_slice(&ids[w.begin..w.end]);
                 input.resize((r + 1) * width, 0);
                 let scored = &ids[w.first_target..w.end];
@@ -127,25 +157,42 @@ impl LlamaModel {
             };
             let hidden = pick(&out.hidden)?;
             let targets = Tensor::from_vec(targets, hidden.dim(0)?, dev)?;
-            let lp = self.next_token_logprobs(&hidden, &targets)?;
-            nll.extend(lp.to_vec1::<f32>()?.into_iter().map(|x| -x));
-            match (opts.keys, &out.ffn_input) {
-                (Some(KeyKind::FinalHidden), _) => keys.push(hidden),
-                (Some(KeyKind::FfnInput), Some(f)) => keys.push(pick(f)?),
-                _ => {}
+            let lp = self
+                .next_token_logprobs(&hidden, &targets)?
+                .to_vec1::<f32>()?;
+            let group_keys = match (opts.keys, &out.ffn_input) {
+                (Some(KeyKind::FinalHidden), _) => Some(hidden),
+                (Some(KeyKind::FfnInput), Some(f)) => Some(pick(f)?),
+                _ => None,
+            };
+            // Hand each window's rows back to its text.
+            let mut row = 0;
+            for &(t, w) in group {
+                let n = w.end - w.first_target;
+                nll[t].extend(lp[row..row + n].iter().map(|x| -x));
+                if let Some(k) = &group_keys {
+                    keys[t].push(k.narrow(0, row, n)?);
+                }
+                row += n;
             }
-            progress(nll.len());
+            done += lp.len();
+            progress(done);
         }
-        let keys = match opts.keys {
-            Some(_) if keys.is_empty() => Some(Tensor::zeros(
-                (0, self.config().hidden_size),
-                candle_core::DType::F32,
-                self.device(),
-            )?),
-            Some(_) => Some(Tensor::cat(&keys, 0)?),
-            None => None,
-        };
-        Ok(WindowScores { nll, keys })
+        nll.into_iter()
+            .zip(keys)
+            .map(|(nll, k)| {
+                let keys = match opts.keys {
+                    Some(_) if k.is_empty() => Some(Tensor::zeros(
+                        (0, self.config().hidden_size),
+                        candle_core::DType::F32,
+                        self.device(),
+                    )?),
+                    Some(_) => Some(Tensor::cat(&k, 0)?),
+                    None => None,
+                };
+                Ok(WindowScores { nll, keys })
+            })
+            .collect()
     }
 }
 
