@@ -41,7 +41,10 @@ pub struct GenerateArgs {
 
 /// Runs `ralm generate`.
 pub fn run(a: &GenerateArgs) -> anyhow::Result<()> {
-    let (lm, tok) = a.model.load()?;
+    let (lm, tok) = match &a.datastore {
+        Some(dir) => a.model.load_for(dir)?,
+        None => a.model.load()?,
+    };
     let prompt = tok.encode(&a.prompt)?;
     let mut sampler = if a.temperature > 0.0 {
         Sampler::temperature(a.temperature, a.seed)?

@@ -33,7 +33,8 @@ pub struct ModelArgs {
     /// GGUF file or HF directory of the causal LM.
     #[arg(long)]
     pub model: PathBuf,
-    /// Load matrices in f32 instead of keeping GGUF quantized weights.
+    /// Load matrices in f32 instead of keeping GGUF quantized weights (implied when the
+    /// datastore used was built in f32).
     #[arg(long)]
     pub f32: bool,
 }
@@ -41,7 +42,24 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Loads the model and its tokenizer on the CPU.
     pub fn load(&self) -> anyhow::Result<(LlamaModel, LmTokenizer)> {
-        let mode = if self.f32 || self.model.is_dir() {
+        self.load_as(self.f32)
+    }
+
+    /// Loads the model in the weight mode the datastore in `dir` was built with, so its keys
+    /// match (a datastore that records no mode gets the mode the flags ask for).
+    pub fn load_for(&self, dir: &Path) -> anyhow::Result<(LlamaModel, LmTokenizer)> {
+        let built_f32 = read_manifest(dir)?.weights.as_deref() == Some(WeightMode::F32.name());
+        if built_f32 && !self.f32 {
+            eprintln!(
+                "{}: built with f32 weights, so the model runs in f32",
+                dir.display()
+            );
+        }
+        self.load_as(self.f32 || built_f32)
+    }
+
+    fn load_as(&self, f32: bool) -> anyhow::Result<(LlamaModel, LmTokenizer)> {
+        let mode = if f32 || self.model.is_dir() {
             WeightMode::F32
         } else {
             WeightMode::Quantized
@@ -266,7 +284,7 @@ fn tuned_on(cache: &NeighbourCache, cut: usize, a: &EvalArgs) -> anyhow::Result<
 }
 
 fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
-    let (lm, tok) = a.model.load()?;
+    let (lm, tok) = a.model.load_for(&a.datastore)?;
     if !(0.0 < a.tune_fraction && a.tune_fraction < 1.0) {
         bail!("--tune-fraction must lie strictly between 0 and 1");
     }

@@ -357,6 +357,27 @@ fn mismatched_model_or_settings_are_refused() {
     let m: &DatastoreManifest = opened.manifest();
     assert_eq!((m.key.as_str(), m.layer, m.dim), ("ffn-input", 1, 32));
     assert_eq!(m.count, Some(119));
+    assert_eq!(m.weights.as_deref(), Some("f32"));
+
+    // Keys of another weight mode (quantized matmuls) are refused; a manifest written before
+    // the mode was recorded is still accepted.
+    let manifest_path = ds.join("datastore.json");
+    let original = std::fs::read_to_string(&manifest_path).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&original).unwrap();
+    json["weights"] = "quantized".into();
+    std::fs::write(&manifest_path, json.to_string()).unwrap();
+    let err = Datastore::open(&ds, &DatastoreExpect::of(&lm, &tok).unwrap())
+        .err()
+        .expect("keys of quantized weights must be refused for an f32 model")
+        .to_string();
+    assert!(
+        err.contains("weights quantized") && err.contains("f32"),
+        "{err}"
+    );
+    json.as_object_mut().unwrap().remove("weights");
+    std::fs::write(&manifest_path, json.to_string()).unwrap();
+    Datastore::open(&ds, &DatastoreExpect::of(&lm, &tok).unwrap()).unwrap();
+    std::fs::write(&manifest_path, original).unwrap();
 
     // Building into the same directory with other settings is refused, not mixed.
     let err = build(

@@ -52,6 +52,10 @@ pub struct DatastoreManifest {
     pub model_sha256: String,
     /// SHA-256 of the tokenizer.
     pub tokenizer_sha256: String,
+    /// How the model's weights were run (`f32`, `quantized`, `bf16`): keys differ between
+    /// modes. Absent in manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
     /// Which hidden state the keys are (`final-norm` or `ffn-input`).
     pub key: String,
     /// Layer the key comes from (the number of layers for the final norm output).
@@ -171,6 +175,7 @@ pub fn build(
         format_version: FORMAT_VERSION,
         model_sha256: lm.model_hash()?,
         tokenizer_sha256: tok.tokenizer_hash()?,
+        weights: Some(lm.mode().name().into()),
         key: key_name(pass.key).into(),
         layer: match pass.key {
             KeyKind::FinalHidden => cfg.num_hidden_layers,
@@ -225,6 +230,8 @@ pub struct DatastoreExpect {
     pub model_sha256: String,
     /// SHA-256 of the tokenizer.
     pub tokenizer_sha256: String,
+    /// How the model's weights are run (`f32`, `quantized`, `bf16`).
+    pub weights: String,
 }
 
 impl DatastoreExpect {
@@ -233,6 +240,7 @@ impl DatastoreExpect {
         Ok(Self {
             model_sha256: lm.model_hash()?,
             tokenizer_sha256: tok.tokenizer_hash()?,
+            weights: lm.mode().name().into(),
         })
     }
 }
@@ -274,6 +282,9 @@ impl Datastore {
                 ),
             ],
         )?;
+        if let Some(weights) = &manifest.weights {
+            require_equal(&mpath, &[("weights", weights, &expect.weights)])?;
+        }
         let kv = KeyValues::open(manifest.layout(dir), manifest.provenance(), count)?;
         Ok(Datastore { manifest, kv })
     }

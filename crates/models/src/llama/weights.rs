@@ -22,6 +22,15 @@ pub enum WeightMode {
 }
 
 impl WeightMode {
+    /// Spelling of the mode in manifests: `f32`, `quantized` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Quantized => "quantized",
+            Self::Bf16 => "bf16",
+        }
+    }
+
     /// The dtype of dense weights and activations in this mode.
     pub fn dtype(self) -> DType {
         match self {
