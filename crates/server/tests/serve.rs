@@ -146,7 +146,8 @@ fn fixture() -> Option<&'static Fixture> {
         write_passages(&pb, &passages(SET_B)).unwrap();
         let qa = tmp.path().join("qa");
         build_qa(&models.minilm, &qa, &pa);
-        let lm = LlamaModel::load(&models.smollm, WeightMode::Quantized, &Device::Cpu).unwrap();
+        // The server runs its LM in f32 by default, and refuses a datastore built in another mode.
+        let lm = LlamaModel::load(&models.smollm, WeightMode::F32, &Device::Cpu).unwrap();
         let tok = LmTokenizer::for_model(&models.smollm).unwrap();
         let (ds_a, ds_b) = (tmp.path().join("ds_a"), tmp.path().join("ds_b"));
         build_datastore(&ds_a, &lm, &tok, TEXT_A);
