@@ -8,7 +8,8 @@
 # lm:      (b) SmolLM2 kNN-LM keys (final-norm hidden states, f16, dim 576) of WikiText-2 valid,
 #          1,000 held-out positions as queries, k 32, L2, batches of 64
 # Settings: WORK (runs/bench-real), SENTENCES (200000: all the corpora give, if fewer),
-# LM_TOKENS (all of WikiText-2 valid), IVF_A and IVF_B (nlist,m,nprobe lists), MIN_TIME (seconds
+# LM_TOKENS (all of WikiText-2 valid; or put lm.npy and lm.queries.npy from `ralm knnlm
+# export-keys` of any datastore in $WORK), IVF_A and IVF_B (nlist,m,nprobe lists), MIN_TIME (seconds
 # each queries/s figure is measured over, at least: 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,11 +19,10 @@ what=${1:-all}
 mkdir -p "$work"
 ralm=target/release/ralm
 
+# Makes the vectors of workload $1 (sentences, lm or all) that $work does not hold yet.
 vectors() {
-    if [ ! -f "$work/sentences.npy" ] || [ ! -f "$work/lm.npy" ]; then
-        cargo build --release -p ralm-cli --bin ralm
-    fi
-    if [ ! -f "$work/sentences.npy" ]; then
+    cargo build --release -p ralm-cli --bin ralm
+    if [ "$1" != lm ] && [ ! -f "$work/sentences.npy" ]; then
         python3 scripts/bench_sentences.py --wiki corpora/wiki/summaries_en-us.json \
             --lm "$data/lm" --keys "${SENTENCES:-200000}" --queries 1000 \
             --out-keys "$work/sentences.txt" --out-queries "$work/sentences.queries.txt"
@@ -32,7 +32,7 @@ vectors() {
             mv "$work/$f.tmp.npy" "$work/$f.npy"
         done
     fi
-    if [ ! -f "$work/lm.npy" ]; then
+    if [ "$1" != sentences ] && [ ! -f "$work/lm.npy" ]; then
         limit=()
         [ -n "${LM_TOKENS:-}" ] && limit=(--max-tokens "$LM_TOKENS")
         "$ralm" knnlm build --model models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --f32 \
@@ -49,9 +49,9 @@ ivf_flags() {
 }
 
 case "$what" in
-    vectors) vectors ;;
+    vectors) vectors all ;;
     sentences | lm | all)
-        vectors
+        vectors "$what"
         if [ "$what" != lm ]; then
             echo "== (a) MiniLM sentence embeddings, inner product, k 10"
             # shellcheck disable=SC2046

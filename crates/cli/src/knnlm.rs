@@ -7,7 +7,9 @@ use indicatif::ProgressBar;
 use ralm_index::{Metric, SearchParams};
 use ralm_knn::knnlm::chunks::PassOptions;
 use ralm_knn::knnlm::corpus::{Corpus, Source};
-use ralm_knn::knnlm::datastore::{for_each_stored_chunk, parse_key, read_manifest, BuildProgress};
+use ralm_knn::knnlm::datastore::{
+    for_each_stored_chunk, parse_key, read_manifest, replicate, BuildProgress,
+};
 use ralm_knn::knnlm::sweep::{best, NeighbourCache, SweepPoint};
 use ralm_knn::knnlm::{
     build, BuildOptions, BuildOutcome, Datastore, DatastoreExpect, IndexSpec, KnnLm, KnnParams,
@@ -25,6 +27,9 @@ pub enum KnnlmCommand {
     Eval(EvalArgs),
     /// Write the datastore keys (and held-out query positions) as .npy for index benchmarks.
     ExportKeys(ExportArgs),
+    /// Repeat a datastore's entries N times into a new, re-indexed datastore, to measure
+    /// search speed at a larger size (its perplexities mean nothing).
+    Replicate(ReplicateArgs),
 }
 
 /// The model every kNN-LM command loads.
@@ -290,6 +295,13 @@ fn run_eval(a: &EvalArgs) -> anyhow::Result<()> {
     }
     let expect = DatastoreExpect::of(&lm, &tok)?;
     let mut ds = Datastore::open(&a.datastore, &expect)?;
+    if let Some(n) = ds.manifest().replicas {
+        eprintln!(
+            "{}: every entry is stored {n} times (made by `knnlm replicate`): its speed is that \
+             of a datastore {n}× larger, its perplexities are not",
+            a.datastore.display()
+        );
+    }
     if a.exact {
         ds.use_exact_search()?;
     }
@@ -525,12 +537,51 @@ fn run_export(a: &ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Args)]
+pub struct ReplicateArgs {
+    /// Complete datastore directory to repeat.
+    dir: PathBuf,
+    /// New datastore directory (an unfinished one there is resumed).
+    #[arg(long)]
+    out: PathBuf,
+    /// How many copies of every entry the new datastore holds.
+    #[arg(long)]
+    times: usize,
+    /// Index of the new datastore: flat (exact) or ivfpq.
+    #[arg(long, default_value = "ivfpq")]
+    index: String,
+    /// IVF lists.
+    #[arg(long, default_value_t = 4096)]
+    nlist: usize,
+    /// PQ sub-quantisers (must divide the key dimension).
+    #[arg(long, default_value_t = 64)]
+    m: usize,
+}
+
+fn run_replicate(a: &ReplicateArgs) -> anyhow::Result<()> {
+    let index = index_spec(&a.index, a.nlist, a.m)?;
+    let entries = read_manifest(&a.dir)?.planned_entries();
+    let pb = bar(entries * a.times);
+    let start = std::time::Instant::now();
+    let mut progress = |p: BuildProgress| {
+        pb.set_position(p.tokens_done as u64);
+        if p.tokens_done == p.tokens_total {
+            pb.set_message("indexing");
+        }
+    };
+    let outcome = replicate(&a.dir, &a.out, a.times, index, &mut progress, &|| false)?;
+    pb.finish();
+    report_build(&a.out, &outcome, start);
+    Ok(())
+}
+
 /// Runs a kNN-LM subcommand.
 pub fn run(cmd: &KnnlmCommand) -> anyhow::Result<()> {
     match cmd {
         KnnlmCommand::Build(a) => run_build(a),
         KnnlmCommand::Eval(a) => run_eval(a),
         KnnlmCommand::ExportKeys(a) => run_export(a),
+        KnnlmCommand::Replicate(a) => run_replicate(a),
     }
 }
 

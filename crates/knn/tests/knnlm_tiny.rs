@@ -1,11 +1,11 @@
 //! kNN-LM end to end on a tiny random Llama written to a temp dir: probabilities against a
-//! brute-force computation of the formula, manifest checks, and resumable builds.
+//! brute-force computation of the formula, manifest checks, resumable builds and replication.
 
 use candle_core::{Device, Tensor};
 use ralm_index::{Metric, SearchParams};
 use ralm_knn::knnlm::chunks::PassOptions;
 use ralm_knn::knnlm::corpus::Corpus;
-use ralm_knn::knnlm::datastore::DatastoreManifest;
+use ralm_knn::knnlm::datastore::{replicate, DatastoreManifest};
 use ralm_knn::knnlm::{
     build, BuildOptions, BuildOutcome, Datastore, DatastoreExpect, IndexSpec, KnnError, KnnLm,
     KnnParams, ScoringOptions,
@@ -503,4 +503,60 @@ fn interrupted_build_resumes_to_the_same_datastore() {
         "{half} {}",
         ds.len()
     );
+}
+
+#[test]
+fn replicated_datastore_holds_every_entry_n_times() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_model(tmp.path(), 7);
+    let (lm, tok) = load(tmp.path());
+    let c = corpus(&tok, &corpus_ids(5, 150));
+    let src = tmp.path().join("src");
+    build_all(
+        &src,
+        &lm,
+        &tok,
+        &c,
+        &options(KeyKind::FinalHidden, IndexSpec::Flat),
+    );
+    let dst = tmp.path().join("x3");
+    let err = replicate(&src, &dst, 1, IndexSpec::Flat, &mut |_| {}, &|| false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at least 2"), "{err}");
+    let out = replicate(&src, &dst, 3, IndexSpec::Flat, &mut |_| {}, &|| false).unwrap();
+    assert_eq!(out, BuildOutcome::Complete(3 * 149));
+
+    let expect = DatastoreExpect::of(&lm, &tok).unwrap();
+    let (one, three) = (
+        Datastore::open(&src, &expect).unwrap(),
+        Datastore::open(&dst, &expect).unwrap(),
+    );
+    assert_eq!(three.manifest().replicas, Some(3));
+    assert_eq!(three.len(), 3 * one.len());
+    // Every stored key is found three times, at distance 0, with its own next token.
+    let mut keys = Vec::new();
+    one.for_each_chunk(&mut |ch| {
+        keys.extend(ch.keys.chunks_exact(32).map(<[f32]>::to_vec).zip(ch.values));
+        Ok(())
+    })
+    .unwrap();
+    let params = SearchParams::default();
+    for (key, value) in keys.iter().step_by(17) {
+        let hits = three.search(key, 3, &params).unwrap();
+        assert!(
+            hits.scores.iter().all(|s| s.abs() < 1e-3),
+            "{:?}",
+            hits.scores
+        );
+        assert!(hits.tokens.iter().all(|t| t == value), "{:?}", hits.tokens);
+    }
+    // Replicating an unfinished build is refused.
+    let partial = tmp.path().join("partial");
+    let o = options(KeyKind::FinalHidden, IndexSpec::Flat);
+    build(&partial, &lm, &tok, &c, &o, &mut |_| {}, &|| true).unwrap();
+    let err = replicate(&partial, &dst, 2, IndexSpec::Flat, &mut |_| {}, &|| false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("did not complete"), "{err}");
 }

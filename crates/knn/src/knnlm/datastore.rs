@@ -8,7 +8,7 @@
 use super::chunks::{plan_chunks, score_chunk, Chunk, PassOptions};
 use super::corpus::Corpus;
 use crate::datastore::build::{run_build, BuildPlan};
-use crate::datastore::store::ChunkData;
+use crate::datastore::store::{read_chunk, ChunkData};
 use crate::datastore::{read_json, require_equal, KeyValues, Layout};
 use crate::error::{KnnError, Result};
 use ralm_index::{FlatIndex, Metric, SearchParams};
@@ -82,6 +82,11 @@ pub struct DatastoreManifest {
     pub chunks: Vec<Chunk>,
     /// Stored entries once the build completed.
     pub count: Option<u64>,
+    /// Set on a datastore made by [`replicate`]: every entry of the corpus is stored this many
+    /// times, so it has the size of a larger datastore (for speed measurements; its neighbours
+    /// are copies, so its perplexities mean nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<usize>,
 }
 
 /// Reads the manifest of the datastore in `dir` (complete or not).
@@ -197,6 +202,7 @@ pub fn build(
             opts.chunk_tokens,
         )?,
         count: None,
+        replicas: None,
     };
     if plan.chunks.is_empty() {
         return Err(KnnError::Invalid(
@@ -212,6 +218,53 @@ pub fn build(
         ))
     };
     run_build(dir, MANIFEST, plan.clone(), &mut produce, progress, stop)
+}
+
+/// Builds in `dst` a datastore holding the entries of the complete datastore in `src`
+/// repeated `times` times, indexed by `index`: a datastore of a larger size for measuring
+/// search speed (see [`DatastoreManifest::replicas`]). Chunk files are hard-linked where the
+/// file system allows and copied otherwise; an interrupted call resumes like a build.
+pub fn replicate(
+    src: &Path,
+    dst: &Path,
+    times: usize,
+    index: IndexSpec,
+    progress: &mut dyn FnMut(BuildProgress),
+    stop: &dyn Fn() -> bool,
+) -> Result<BuildOutcome> {
+    let m = read_manifest(src)?;
+    if m.count.is_none() {
+        return Err(KnnError::format(
+            &src.join(MANIFEST),
+            "the build did not complete; finish it before replicating",
+        ));
+    }
+    if times < 2 {
+        return Err(KnnError::Invalid(format!(
+            "replicating {times} times makes no larger datastore (use at least 2)"
+        )));
+    }
+    let n = m.chunks.len();
+    let plan = DatastoreManifest {
+        chunks: m.chunks.repeat(times),
+        index,
+        count: None,
+        replicas: Some(m.replicas.unwrap_or(1) * times),
+        ..m.clone()
+    };
+    let (from, to) = (m.layout(src), plan.layout(dst));
+    if DatastoreManifest::read(dst)?.is_none() {
+        to.create_dirs()?;
+        for i in 0..plan.chunks.len() {
+            // A failed link (another file system) leaves the chunk to be copied below.
+            let _ = std::fs::hard_link(from.chunk_path(i % n), to.chunk_path(i));
+        }
+    }
+    let mut produce = |i: usize| -> Result<(Vec<f32>, Vec<u32>)> {
+        let c = read_chunk(&from.chunk_path(i % n))?;
+        Ok((c.keys, c.values))
+    };
+    run_build(dst, MANIFEST, plan, &mut produce, progress, stop)
 }
 
 /// Calls `f` with every stored chunk of the datastore in `dir`, in entry order.
