@@ -15,7 +15,7 @@ use ralm_knn::knnlm::{
     build, BuildOptions, BuildOutcome, Datastore, DatastoreExpect, IndexSpec, KnnLm, KnnParams,
 };
 use ralm_models::bpe::LmTokenizer;
-use ralm_models::llama::{LlamaModel, WeightMode};
+use ralm_models::llama::{resolve_model_path, LlamaModel, WeightMode};
 use std::path::{Path, PathBuf};
 
 /// kNN-LM subcommands.
@@ -35,7 +35,7 @@ pub enum KnnlmCommand {
 /// The model every kNN-LM command loads.
 #[derive(Args)]
 pub struct ModelArgs {
-    /// GGUF file or HF directory of the causal LM.
+    /// GGUF file (or a directory holding one) or HF directory of the causal LM.
     #[arg(long)]
     pub model: PathBuf,
     /// Load matrices in f32 instead of keeping GGUF quantized weights (implied when the
@@ -64,14 +64,15 @@ impl ModelArgs {
     }
 
     fn load_as(&self, f32: bool) -> anyhow::Result<(LlamaModel, LmTokenizer)> {
-        let mode = if f32 || self.model.is_dir() {
+        let model = resolve_model_path(&self.model)?;
+        let mode = if f32 || model.is_dir() {
             WeightMode::F32
         } else {
             WeightMode::Quantized
         };
-        let lm = LlamaModel::load(&self.model, mode, &crate::device::current())
-            .with_context(|| format!("loading {}", self.model.display()))?;
-        let tok = LmTokenizer::for_model(&self.model)?;
+        let lm = LlamaModel::load(&model, mode, &crate::device::current())
+            .with_context(|| format!("loading {}", model.display()))?;
+        let tok = LmTokenizer::for_model(&model)?;
         Ok((lm, tok))
     }
 }

@@ -26,7 +26,7 @@ enum LmCommand {
 /// Arguments of `ralm lm tokenizer`.
 #[derive(Args)]
 pub struct TokenizerArgs {
-    /// A `.gguf` file or an HF Llama directory.
+    /// A `.gguf` file (or a directory holding one) or an HF Llama directory.
     #[arg(long)]
     model: PathBuf,
     /// Where to write the tokenizer.json.
@@ -37,7 +37,7 @@ pub struct TokenizerArgs {
 /// Arguments of `ralm lm score`.
 #[derive(Args)]
 pub struct ScoreArgs {
-    /// A `.gguf` file or an HF Llama directory.
+    /// A `.gguf` file (or a directory holding one) or an HF Llama directory.
     #[arg(long)]
     model: PathBuf,
     /// The UTF-8 text file to score.

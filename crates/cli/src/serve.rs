@@ -34,7 +34,7 @@ pub struct ServerArgs {
     /// (repeatable; the config file also sets the gate and the search knobs).
     #[arg(long = "mt-datastore", value_parser = mt_datastore)]
     mt_datastores: Vec<MtDatastoreConfig>,
-    /// Causal LM of the datastores (GGUF file or HF directory).
+    /// Causal LM of the datastores (GGUF file, a directory holding one, or HF directory).
     #[arg(long)]
     lm: Option<PathBuf>,
     /// Run a GGUF LM with quantized matmuls (less memory, slower) instead of dequantized f32.

@@ -29,6 +29,7 @@ impl LmTokenizer {
     /// The tokenizer for the model at `model_path`: a `tokenizer.json` next to a GGUF file (or
     /// inside an HF directory) when present, else the GGUF file's own tokenizer metadata.
     pub fn for_model(model_path: &Path) -> Result<Self> {
+        let model_path = &crate::llama::resolve_model_path(model_path)?;
         let json = if model_path.is_dir() {
             model_path.join("tokenizer.json")
         } else {

@@ -232,6 +232,37 @@ fn gguf_with_permuted_qk_matches_hf_layout() {
 }
 
 #[test]
+fn directory_holding_one_gguf_stands_for_it() {
+    let cfg = tiny_config();
+    let dir = tempfile::tempdir().unwrap();
+    let err = |p: &Path| {
+        LlamaModel::load(p, WeightMode::F32, &DEV)
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    let e = err(dir.path());
+    assert!(e.contains("no config.json") && e.contains(".gguf"), "{e}");
+
+    let path = dir.path().join("tiny.gguf");
+    write_gguf(&path, &cfg, &tiny_weights(&cfg));
+    let from_dir = LlamaModel::load(dir.path(), WeightMode::F32, &DEV).unwrap();
+    let from_file = LlamaModel::load(&path, WeightMode::F32, &DEV).unwrap();
+    assert_eq!(
+        from_dir.model_hash().unwrap(),
+        from_file.model_hash().unwrap()
+    );
+    let ids = ids_tensor(&tokens(8, 1, cfg.vocab_size));
+    let a = from_dir.forward(&ids, 0, None).unwrap().hidden;
+    let b = from_file.forward(&ids, 0, None).unwrap().hidden;
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+
+    std::fs::copy(&path, dir.path().join("other.gguf")).unwrap();
+    let e = err(dir.path());
+    assert!(e.contains("2 .gguf files"), "{e}");
+}
+
+#[test]
 fn kv_cache_decoding_equals_full_recomputation() {
     let model = mem_model();
     let ids = tokens(14, 3, model.config().vocab_size);

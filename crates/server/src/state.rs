@@ -13,7 +13,7 @@ use ralm_knn::knnlm::{Datastore, DatastoreExpect, KnnLm, KnnParams};
 use ralm_knn::knnmt::{MtManifest, MtMixer, ParamOverrides};
 use ralm_models::bert::Pooling;
 use ralm_models::bpe::LmTokenizer;
-use ralm_models::llama::{LlamaModel, WeightMode};
+use ralm_models::llama::{resolve_model_path, LlamaModel, WeightMode};
 use ralm_models::marian::{Precision, Translator};
 use ralm_realm::ask::{QaSystem, RetrieverKind};
 use ralm_realm::generative::GenerativeReader;
@@ -174,12 +174,14 @@ pub fn load_qa(cfg: &ServerConfig, dir: &Path) -> Result<(u64, QaSystem), LoadEr
 
 /// Loads the LM and the datastore `ds` into a kNN-LM.
 pub fn load_knnlm(cfg: &ServerConfig, ds: &DatastoreConfig) -> Result<KnnLm, LoadError> {
-    let mode = if cfg.lm_quantized && !cfg.lm.is_dir() {
+    let path =
+        resolve_model_path(&cfg.lm).map_err(|e| LoadError::load("language model", &cfg.lm, e))?;
+    let mode = if cfg.lm_quantized && !path.is_dir() {
         WeightMode::Quantized
     } else {
         WeightMode::F32
     };
-    let lm = LlamaModel::load(&cfg.lm, mode, &device(cfg)?)
+    let lm = LlamaModel::load(&path, mode, &device(cfg)?)
         .map_err(|e| LoadError::load("language model", &cfg.lm, e))?;
     let tokenizer =
         LmTokenizer::for_model(&cfg.lm).map_err(|e| LoadError::load("tokenizer", &cfg.lm, e))?;

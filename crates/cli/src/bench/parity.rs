@@ -13,7 +13,7 @@ pub struct ParityArgs {
     /// HF BERT directory.
     #[arg(long, default_value = "models/minilm")]
     bert: PathBuf,
-    /// A `.gguf` file or an HF Llama directory.
+    /// A `.gguf` file (or a directory holding one) or an HF Llama directory.
     #[arg(long, default_value = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")]
     llama: PathBuf,
     /// Largest allowed f32 difference, relative to the largest magnitude of the CPU output.

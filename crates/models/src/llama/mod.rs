@@ -18,13 +18,41 @@ use crate::gguf::GgufFile;
 use crate::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use weights::{mmap_safetensors, GgufSource, HfSource};
 
+/// The file or directory a model path stands for: a directory without `config.json` that
+/// holds exactly one `.gguf` file stands for that file; anything else for itself.
+pub fn resolve_model_path(path: &Path) -> Result<PathBuf> {
+    if !path.is_dir() || path.join("config.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let io = |e| ModelError::io(path, e);
+    let mut ggufs = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        let p = entry.map_err(io)?.path();
+        if p.extension().is_some_and(|e| e == "gguf") && p.is_file() {
+            ggufs.push(p);
+        }
+    }
+    match ggufs.len() {
+        1 => Ok(ggufs.remove(0)),
+        0 => Err(ModelError::format(
+            path,
+            "neither an HF model directory (no config.json) nor a directory holding a .gguf file",
+        )),
+        n => Err(ModelError::format(
+            path,
+            format!("holds {n} .gguf files and no config.json: name the file to load"),
+        )),
+    }
+}
+
 impl LlamaModel {
-    /// Loads a `.gguf` file, or an HF directory (`config.json` + `model.safetensors`; dense
-    /// modes only).
+    /// Loads a `.gguf` file, a directory holding one, or an HF directory (`config.json` +
+    /// `model.safetensors`; dense modes only).
     pub fn load(path: &Path, mode: WeightMode, device: &Device) -> Result<Self> {
+        let path = &resolve_model_path(path)?;
         if !path.is_dir() {
             return Self::from_gguf(path, mode, device);
         }
