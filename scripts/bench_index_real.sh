@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Issue 3's index benchmark on real vectors, ralm against FAISS side by side (outside CI).
-#   scripts/bench_index_real.sh [vectors|sentences|lm|all]   (default: all)
+#   scripts/bench_index_real.sh [vectors|sentences|lm|all|scale]   (default: all)
 # vectors: make the vectors (about 20 min of MiniLM and 30 min of SmolLM2 on 2 cores; kept in
 #          $WORK, so a second run reuses them)
 # sentences: (a) MiniLM sentence embeddings of the Wikipedia corpus, Gutenberg and Reuters,
 #          1,000 held-out sentences as queries, k 10, inner product, batches of 100
 # lm:      (b) SmolLM2 kNN-LM keys (final-norm hidden states, f16, dim 576) of WikiText-2 valid,
 #          1,000 held-out positions as queries, k 32, L2, batches of 64
+# scale:   (c) synthetic keys at scale (SCALE_N, default 10M; clustered Gaussian, f16, dim 576),
+#          100 queries, k 32, L2, batches of 64: memory and speed only. Both engines stream the
+#          keys from the memory-mapped file (ralm builds its indexes on disk under $WORK/scratch),
+#          so 10M x 576 keys (11 GiB as f16) fit in 24 GiB; about an hour on 2 cores.
 # Settings: WORK (runs/bench-real), SENTENCES (200000: all the corpora give, if fewer),
 # LM_TOKENS (all of WikiText-2 valid; or put lm.npy and lm.queries.npy from `ralm knnlm
-# export-keys` of any datastore in $WORK), IVF_A and IVF_B (nlist,m,nprobe lists), MIN_TIME (seconds
+# export-keys` of any datastore in $WORK), IVF_A, IVF_B and IVF_C (nlist,m,nprobe lists), MIN_TIME (seconds
 # each queries/s figure is measured over, at least: 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,5 +72,18 @@ case "$what" in
                 --min-time "${MIN_TIME:-2}" $(ivf_flags "${IVF_B:-256,64,8 256,64,32}")
         fi
         ;;
-    *) echo "usage: $0 [vectors|sentences|lm|all]" >&2; exit 2 ;;
+    scale)
+        n=${SCALE_N:-10000000}
+        if [ ! -f "$work/scale-$n.npy" ]; then
+            cargo build --release -p ralm-index --bin ralm-index-bench
+            target/release/ralm-index-bench gen --n "$n" --nq 100 --dim 576 --clusters 10000 \
+                --seed 1 --f16 --out "$work/scale-$n.npy" --queries "$work/scale-$n.queries.npy"
+        fi
+        echo "== (c) $n synthetic keys, L2, k 32, streamed"
+        # shellcheck disable=SC2046
+        scripts/bench_index.sh --keys "$work/scale-$n.npy" --queries "$work/scale-$n.queries.npy" \
+            --metric l2 --key-type f16 --k 32 --batch 64 --rerank 128 --stream "$work/scratch" \
+            --min-time "${MIN_TIME:-2}" $(ivf_flags "${IVF_C:-4096,64,16}")
+        ;;
+    *) echo "usage: $0 [vectors|sentences|lm|all|scale]" >&2; exit 2 ;;
 esac

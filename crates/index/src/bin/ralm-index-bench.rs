@@ -4,16 +4,23 @@
 //! ```text
 //! ralm-index-bench gen --n 200000 --nq 1000 --dim 384 --clusters 1000 --seed 1 --out keys.npy --queries q.npy [--f16]
 //! ralm-index-bench --keys keys.npy --queries q.npy --metric ip --k 10 --batch 100 \
-//!     [--key-type f16] [--ivf 1024,64,8]... [--rerank 100] [--min-time 2] [--json out.jsonl]
+//!     [--key-type f16] [--ivf 1024,64,8]... [--rerank 100] [--min-time 2] [--json out.jsonl] \
+//!     [--stream DIR]
 //! ```
+//! `gen` writes the keys as it draws them, and `--stream DIR` memory-maps the keys and builds each
+//! index on disk under `DIR` with the streaming builder, so neither holds the keys in memory:
+//! 10M × 576 keys fit on a 24 GiB machine.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ralm_index::npy;
+use ralm_index::npy::{self, MappedMatrix, Matrix};
 use ralm_index::rng::Rng;
-use ralm_index::{FlatIndex, Hits, Index, IvfPqIndex, IvfPqParams, KeyType, Metric, SearchParams};
+use ralm_index::{
+    AnyIndex, BuildConfig, FlatIndex, Hits, Index, IndexBuilder, IndexKind, IvfPqIndex,
+    IvfPqParams, KeyType, Metric, SearchParams,
+};
 
 type Res<T> = std::result::Result<T, String>;
 
@@ -57,6 +64,9 @@ impl Args {
     }
 }
 
+/// Rows generated and written per chunk by `gen`.
+const GEN_CHUNK: usize = 65_536;
+
 fn gen(a: &Args) -> Res<()> {
     let n: usize = a.num("n", 200_000)?;
     let dim: usize = a.num("dim", 384)?;
@@ -66,21 +76,22 @@ fn gen(a: &Args) -> Res<()> {
     // Cluster sizes vary (Zipf-like weights), centres are Gaussian, points add isotropic noise.
     let centres: Vec<f32> = (0..clusters * dim).map(|_| rng.normal()).collect();
     let nq: usize = a.num("nq", 1000)?;
-    let mut data = Vec::with_capacity((n + nq) * dim);
-    for _ in 0..n + nq {
-        let c = ((rng.uniform().powi(2)) * clusters as f32) as usize % clusters;
-        data.extend((0..dim).map(|d| centres[c * dim + d] + spread * rng.normal()));
-    }
-    let (keys, queries) = data.split_at(n * dim);
-    let out = PathBuf::from(a.req("out")?);
-    let r = if a.get("f16").is_some() {
-        npy::write_f16(&out, n, dim, keys)
-    } else {
-        npy::write_f32(&out, n, dim, keys)
+    let mut draw = |rows: usize| {
+        let mut data = Vec::with_capacity(rows * dim);
+        for _ in 0..rows {
+            let c = ((rng.uniform().powi(2)) * clusters as f32) as usize % clusters;
+            data.extend((0..dim).map(|d| centres[c * dim + d] + spread * rng.normal()));
+        }
+        data
     };
-    r.map_err(|e| e.to_string())?;
+    let out = PathBuf::from(a.req("out")?);
+    let chunks = (0..n)
+        .step_by(GEN_CHUNK)
+        .map(|r0| draw(GEN_CHUNK.min(n - r0)));
+    npy::write_chunks(&out, n, dim, a.get("f16").is_some(), chunks).map_err(|e| e.to_string())?;
+    let queries = draw(nq);
     let qout = PathBuf::from(a.req("queries")?);
-    npy::write_f32(&qout, nq, dim, queries).map_err(|e| e.to_string())?;
+    npy::write_f32(&qout, nq, dim, &queries).map_err(|e| e.to_string())?;
     eprintln!(
         "wrote {n} × {dim} to {} and {nq} queries to {}",
         out.display(),
@@ -142,16 +153,111 @@ fn recall(got: &Hits, want: &Hits) -> f64 {
     hit as f64 / want.ids.len().max(1) as f64
 }
 
-fn bench(a: &Args) -> Res<()> {
-    let keys = npy::read(&PathBuf::from(a.req("keys")?)).map_err(|e| e.to_string())?;
-    let queries = npy::read(&PathBuf::from(a.req("queries")?)).map_err(|e| e.to_string())?;
-    if keys.cols != queries.cols {
-        return Err(format!(
-            "keys have dim {} but queries {}",
-            keys.cols, queries.cols
-        ));
+/// Rows converted and added per step when streaming keys into an index.
+const STREAM_CHUNK: usize = 65_536;
+
+/// The keys a benchmark indexes: read into memory, or memory-mapped and streamed into index
+/// directories under a scratch folder.
+enum KeySource {
+    Memory(Matrix),
+    Stream { keys: MappedMatrix, dir: PathBuf },
+}
+
+impl KeySource {
+    fn open(path: &Path, stream: Option<&str>) -> Res<Self> {
+        Ok(match stream {
+            Some(dir) => KeySource::Stream {
+                keys: MappedMatrix::open(path).map_err(|e| e.to_string())?,
+                dir: dir.into(),
+            },
+            None => KeySource::Memory(npy::read(path).map_err(|e| e.to_string())?),
+        })
     }
-    let dim = keys.cols;
+
+    /// Rows and columns.
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            KeySource::Memory(m) => (m.rows, m.cols),
+            KeySource::Stream { keys, .. } => (keys.rows, keys.cols),
+        }
+    }
+
+    /// Builds an index of `kind` over the keys, ids being row numbers; `name` names its
+    /// scratch directory when streaming.
+    fn build(
+        &self,
+        metric: Metric,
+        key_type: KeyType,
+        kind: IndexKind,
+        name: &str,
+    ) -> Res<AnyIndex> {
+        match self {
+            KeySource::Memory(m) => {
+                let ids: Vec<u64> = (0..m.rows as u64).collect();
+                match kind {
+                    IndexKind::Flat => {
+                        FlatIndex::from_vectors(m.cols, metric, key_type, &m.data, &ids)
+                            .map(AnyIndex::Flat)
+                    }
+                    IndexKind::IvfPq(p) => {
+                        IvfPqIndex::build(m.cols, metric, key_type, &m.data, &ids, &p)
+                            .map(AnyIndex::IvfPq)
+                    }
+                }
+                .map_err(|e| e.to_string())
+            }
+            KeySource::Stream { keys, dir } => {
+                let config = BuildConfig {
+                    dim: keys.cols,
+                    metric,
+                    key_type,
+                    kind,
+                    provenance: serde_json::json!({ "bench": name }),
+                };
+                stream_build(keys, &dir.join(name), config, name).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Deletes a streamed index's scratch directory once it has been measured.
+    fn discard(&self, name: &str) -> Res<()> {
+        match self {
+            KeySource::Memory(_) => Ok(()),
+            KeySource::Stream { dir, .. } => {
+                let d = dir.join(name);
+                std::fs::remove_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))
+            }
+        }
+    }
+}
+
+/// Builds an index in `dir` from memory-mapped keys, a chunk at a time, with progress on stderr.
+fn stream_build(
+    keys: &MappedMatrix,
+    dir: &Path,
+    config: BuildConfig,
+    name: &str,
+) -> ralm_index::Result<AnyIndex> {
+    let mut b = IndexBuilder::new(dir, config)?;
+    for r0 in (0..keys.rows).step_by(STREAM_CHUNK) {
+        let r1 = (r0 + STREAM_CHUNK).min(keys.rows);
+        let ids: Vec<u64> = (r0 as u64..r1 as u64).collect();
+        b.add(&keys.rows_f32(r0, r1), &ids)?;
+        eprint!("\r{name}: {r1}/{} keys spilled", keys.rows);
+    }
+    eprintln!();
+    let idx = b.finish(&|done, total| eprint!("\r{name}: {done}/{total} encoded"))?;
+    eprintln!();
+    Ok(idx)
+}
+
+fn bench(a: &Args) -> Res<()> {
+    let keys = KeySource::open(&PathBuf::from(a.req("keys")?), a.get("stream"))?;
+    let queries = npy::read(&PathBuf::from(a.req("queries")?)).map_err(|e| e.to_string())?;
+    let (rows, dim) = keys.shape();
+    if dim != queries.cols {
+        return Err(format!("keys have dim {dim} but queries {}", queries.cols));
+    }
     let metric: Metric = a
         .req("metric")?
         .parse()
@@ -173,7 +279,6 @@ fn bench(a: &Args) -> Res<()> {
         .map(|v| v.parse())
         .transpose()
         .map_err(|_| "--rerank: bad number")?;
-    let ids: Vec<u64> = (0..keys.rows as u64).collect();
     let mut json = match a.get("json") {
         Some(p) => Some(std::fs::File::create(p).map_err(|e| format!("{p}: {e}"))?),
         None => None,
@@ -186,15 +291,16 @@ fn bench(a: &Args) -> Res<()> {
         Ok(())
     };
     let t = Instant::now();
-    let flat = FlatIndex::from_vectors(dim, metric, key_type, &keys.data, &ids)
-        .map_err(|e| e.to_string())?;
+    let flat = keys.build(metric, key_type, IndexKind::Flat, "flat")?;
     let build = t.elapsed().as_secs_f64();
     let sp = SearchParams::default();
     let (q1, exact) = qps(&flat, &queries.data, dim, &timing, &sp, 1)?;
     let (q2, _) = qps(&flat, &queries.data, dim, &timing, &sp, 2)?;
+    drop(flat);
+    keys.discard("flat")?;
     emit(serde_json::json!({
         "engine": "ralm", "index": "flat", "metric": metric.to_string(), "key_type": key_type.to_string(),
-        "n": keys.rows, "dim": dim, "nq": queries.rows, "k": k, "batch": batch,
+        "n": rows, "dim": dim, "nq": queries.rows, "k": k, "batch": batch,
         "build_s": build, "bytes_per_key": dim * key_type.size(), "qps_1t": q1, "qps_2t": q2, "recall": 1.0,
     }))?;
     for spec in a.all("ivf") {
@@ -208,32 +314,36 @@ fn bench(a: &Args) -> Res<()> {
         let [nlist, m, nprobe] = p[..] else {
             return Err(format!("--ivf {spec:?}: expected nlist,m,nprobe"));
         };
+        let name = format!("ivfpq-{nlist}-{m}-{nprobe}");
         let t = Instant::now();
-        let idx = IvfPqIndex::build(
-            dim,
+        let idx = keys.build(
             metric,
             key_type,
-            &keys.data,
-            &ids,
-            &IvfPqParams::new(nlist, m, 1),
-        )
-        .map_err(|e| e.to_string())?;
+            IndexKind::IvfPq(IvfPqParams::new(nlist, m, 1)),
+            &name,
+        )?;
         let build = t.elapsed().as_secs_f64();
+        let AnyIndex::IvfPq(ivf) = &idx else {
+            return Err(format!("{name}: the builder did not make an IVF-PQ index"));
+        };
+        let bytes_per_key = ivf.code_bytes_per_key();
         for rr in [None, rerank] {
             let sp = SearchParams { nprobe, rerank: rr };
             let (q1, hits) = qps(&idx, &queries.data, dim, &timing, &sp, 1)?;
             let (q2, _) = qps(&idx, &queries.data, dim, &timing, &sp, 2)?;
             emit(serde_json::json!({
                 "engine": "ralm", "index": "ivfpq", "metric": metric.to_string(), "key_type": key_type.to_string(),
-                "n": keys.rows, "dim": dim, "nq": queries.rows, "k": k, "batch": batch,
+                "n": rows, "dim": dim, "nq": queries.rows, "k": k, "batch": batch,
                 "nlist": nlist, "m": m, "nprobe": nprobe, "rerank": rr,
-                "build_s": build, "bytes_per_key": idx.code_bytes_per_key(), "qps_1t": q1, "qps_2t": q2,
+                "build_s": build, "bytes_per_key": bytes_per_key, "qps_1t": q1, "qps_2t": q2,
                 "recall": recall(&hits, &exact),
             }))?;
             if rerank.is_none() {
                 break;
             }
         }
+        drop(idx);
+        keys.discard(&name)?;
     }
     Ok(())
 }
