@@ -3,8 +3,6 @@
 //! memory-mapped spill.
 
 use memmap2::Mmap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,7 +11,7 @@ use crate::error::{IndexError, Result};
 use crate::flat::{check_ids, FlatIndex};
 use crate::ivfpq::{IvfPqIndex, IvfPqParams, Progress};
 use crate::metric::{KeyType, Metric};
-use crate::persist::{open_index, AnyIndex, OpenOptions};
+use crate::persist::{open_index, AnyIndex, KeyFile, OpenOptions, Sink};
 use crate::rows::{Keys, Rows, Segment};
 
 /// Which index to build.
@@ -45,7 +43,7 @@ pub struct IndexBuilder {
     dir: PathBuf,
     config: BuildConfig,
     spill_path: PathBuf,
-    spill: BufWriter<File>,
+    spill: Sink,
     ids: Vec<u64>,
     norms: Vec<f32>,
 }
@@ -58,18 +56,10 @@ impl IndexBuilder {
         }
         std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
         let spill_path = dir.join("keys.spill.tmp");
-        // Read access too: the spill is memory-mapped by `finish`.
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&spill_path)
-            .map_err(|e| IndexError::io(&spill_path, e))?;
         Ok(IndexBuilder {
             dir: dir.to_path_buf(),
             config,
-            spill: BufWriter::with_capacity(1 << 20, f),
+            spill: Sink::create(&spill_path)?,
             spill_path,
             ids: Vec::new(),
             norms: Vec::new(),
@@ -84,9 +74,7 @@ impl IndexBuilder {
         let v = chunk.prepare(vectors);
         chunk.append_prepared(&v, ids);
         let tail = &chunk.tail;
-        self.spill
-            .write_all(tail.keys.row_bytes(c.dim, 0, ids.len()))
-            .map_err(|e| IndexError::io(&self.spill_path, e))?;
+        self.spill.write(tail.keys.row_bytes(c.dim, 0, ids.len()))?;
         self.ids.extend_from_slice(ids);
         self.norms.extend_from_slice(&tail.norms);
         Ok(())
@@ -102,7 +90,8 @@ impl IndexBuilder {
         self.ids.is_empty()
     }
 
-    /// Trains (IVF-PQ), encodes with progress reports, writes the index files and opens them.
+    /// Trains (IVF-PQ), encodes with progress reports, writes the index files (the spill becomes
+    /// the key file) and opens them.
     pub fn finish(self, progress: Progress<'_>) -> Result<AnyIndex> {
         let IndexBuilder {
             dir,
@@ -112,9 +101,7 @@ impl IndexBuilder {
             ids,
             norms,
         } = self;
-        let f = spill
-            .into_inner()
-            .map_err(|e| IndexError::io(&spill_path, e.into_error()))?;
+        let (f, entry) = spill.finish()?;
         let elems = ids.len() * c.dim;
         let keys = if elems == 0 {
             Keys::empty(c.key_type)
@@ -134,23 +121,26 @@ impl IndexBuilder {
             norms: norms.into(),
         };
         let rows = Rows::new(c.dim, c.metric, c.key_type, base);
+        let keys = Some(KeyFile {
+            path: &spill_path,
+            entry,
+        });
         match &c.kind {
             IndexKind::Flat => {
                 let idx = FlatIndex {
                     rows,
                     provenance: c.provenance.clone(),
                 };
-                idx.save(&dir)?;
+                idx.save_with(&dir, keys)?;
                 progress(n, n);
             }
             IndexKind::IvfPq(p) => {
                 let mut idx = IvfPqIndex::train_rows(rows, p, progress)?;
                 idx.set_provenance(c.provenance.clone());
-                idx.save(&dir)?;
+                idx.save_with(&dir, keys)?;
             }
         }
         drop(f);
-        std::fs::remove_file(&spill_path).map_err(|e| IndexError::io(&spill_path, e))?;
         open_index(&dir, &OpenOptions::default())
     }
 }

@@ -109,24 +109,11 @@ pub(crate) fn write_with(
     fill: impl FnOnce(&mut Sink) -> Result<()>,
 ) -> Result<FileEntry> {
     let tmp = tmp_path(path);
-    let f = File::create(&tmp).map_err(|e| IndexError::io(&tmp, e))?;
-    let mut sink = Sink {
-        w: BufWriter::with_capacity(1 << 20, f),
-        crc: crc32fast::Hasher::new(),
-        len: 0,
-        path: tmp.clone(),
-    };
+    let mut sink = Sink::create(&tmp)?;
     fill(&mut sink)?;
-    let f = sink
-        .w
-        .into_inner()
-        .map_err(|e| IndexError::io(&tmp, e.into_error()))?;
-    f.sync_all().map_err(|e| IndexError::io(&tmp, e))?;
+    let (_, entry) = sink.finish()?;
     std::fs::rename(&tmp, path).map_err(|e| IndexError::io(path, e))?;
-    Ok(FileEntry {
-        bytes: sink.len,
-        crc32: sink.crc.finalize(),
-    })
+    Ok(entry)
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
@@ -144,6 +131,37 @@ pub(crate) struct Sink {
 }
 
 impl Sink {
+    /// Creates (or truncates) `path`, open for reading too so it can be memory-mapped.
+    pub fn create(path: &Path) -> Result<Self> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| IndexError::io(path, e))?;
+        Ok(Sink {
+            w: BufWriter::with_capacity(1 << 20, f),
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Flushes and fsyncs the file; returns it with its length and crc32.
+    pub fn finish(self) -> Result<(File, FileEntry)> {
+        let f = self
+            .w
+            .into_inner()
+            .map_err(|e| IndexError::io(&self.path, e.into_error()))?;
+        f.sync_all().map_err(|e| IndexError::io(&self.path, e))?;
+        let entry = FileEntry {
+            bytes: self.len,
+            crc32: self.crc.finalize(),
+        };
+        Ok((f, entry))
+    }
+
     /// Appends bytes.
     pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
         self.crc.update(bytes);
@@ -177,6 +195,14 @@ impl DirWriter {
         Ok(())
     }
 
+    /// Moves the finished, fsynced file `from` (length and crc32 in `entry`) in as file `name`.
+    pub fn adopt(&mut self, name: &str, from: &Path, entry: FileEntry) -> Result<()> {
+        let to = self.dir.join(name);
+        std::fs::rename(from, &to).map_err(|e| IndexError::io(&to, e))?;
+        self.files.insert(name.to_string(), entry);
+        Ok(())
+    }
+
     /// Writes a whole array as file `name`.
     pub fn array<T: Pod>(&mut self, name: &str, a: &[T]) -> Result<()> {
         self.file(name, |s| s.write(bytemuck::cast_slice(a)))
@@ -191,12 +217,35 @@ impl DirWriter {
     }
 }
 
-/// Writes keys, ids and norms of the live rows; returns the live count.
-fn write_rows(w: &mut DirWriter, rows: &Rows) -> Result<u64> {
+/// A finished file holding exactly the keys of every row, in order, to move in as the key
+/// file instead of writing the keys again (the streaming builder's spill).
+pub(crate) struct KeyFile<'a> {
+    pub path: &'a Path,
+    pub entry: FileEntry,
+}
+
+/// Writes (or adopts, from `keys`) the keys, then the ids and norms of the live rows; returns
+/// the live count.
+fn write_rows(w: &mut DirWriter, rows: &Rows, keys: Option<KeyFile<'_>>) -> Result<u64> {
     let dim = rows.dim;
-    w.file(&keys_name(rows.key_type), |s| {
-        rows.for_live_runs(|seg, a, b| s.write(seg.keys.row_bytes(dim, a, b)))
-    })?;
+    let name = keys_name(rows.key_type);
+    match keys {
+        Some(k) => {
+            let want = (rows.len() * dim * rows.key_type.size()) as u64;
+            if rows.live() != rows.len() || k.entry.bytes != want {
+                return Err(IndexError::invalid(format!(
+                    "{}: holds {} bytes, not the {want} of {} live rows",
+                    k.path.display(),
+                    k.entry.bytes,
+                    rows.live()
+                )));
+            }
+            w.adopt(&name, k.path, k.entry)?;
+        }
+        None => w.file(&name, |s| {
+            rows.for_live_runs(|seg, a, b| s.write(seg.keys.row_bytes(dim, a, b)))
+        })?,
+    }
     w.file("ids.u64", |s| {
         rows.for_live_runs(|seg, a, b| s.write(bytemuck::cast_slice(&seg.ids[a..b])))
     })?;
@@ -232,8 +281,13 @@ fn manifest(
 impl FlatIndex {
     /// Saves to `dir` (compacting deleted rows away).
     pub fn save(&self, dir: &Path) -> Result<()> {
+        self.save_with(dir, None)
+    }
+
+    /// Saves to `dir`, moving `keys` in as the key file when given.
+    pub(crate) fn save_with(&self, dir: &Path, keys: Option<KeyFile<'_>>) -> Result<()> {
         let mut w = DirWriter::new(dir)?;
-        write_rows(&mut w, &self.rows)?;
+        write_rows(&mut w, &self.rows, keys)?;
         w.finish(manifest(
             &self.rows,
             IndexKind::Flat,
@@ -246,8 +300,13 @@ impl FlatIndex {
 impl IvfPqIndex {
     /// Saves to `dir` (compacting deleted rows away and merging appended codes into the lists).
     pub fn save(&self, dir: &Path) -> Result<()> {
+        self.save_with(dir, None)
+    }
+
+    /// Saves to `dir`, moving `keys` in as the key file when given.
+    pub(crate) fn save_with(&self, dir: &Path, keys: Option<KeyFile<'_>>) -> Result<()> {
         let mut w = DirWriter::new(dir)?;
-        write_rows(&mut w, &self.rows)?;
+        write_rows(&mut w, &self.rows, keys)?;
         let p = &self.params;
         let remap = self.rows.compaction_map();
         let mut offsets = vec![0u64];

@@ -48,6 +48,47 @@ fn streamed_build_equals_in_memory_build() {
     assert_eq!(streamed.provenance()["model"], "test");
 }
 
+#[test]
+fn streamed_flat_build_moves_its_spill_in_as_the_key_file() {
+    let keys = clustered(3000, DIM, 20, 5);
+    let ids: Vec<u64> = (0..3000).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let (streamed_dir, mem_dir) = (tmp.path().join("streamed"), tmp.path().join("mem"));
+    let config = BuildConfig {
+        dim: DIM,
+        metric: Metric::L2,
+        key_type: KeyType::F16,
+        kind: IndexKind::Flat,
+        provenance: serde_json::json!({}),
+    };
+    let mut b = IndexBuilder::new(&streamed_dir, config).unwrap();
+    for (k, i) in keys.chunks(700 * DIM).zip(ids.chunks(700)) {
+        b.add(k, i).unwrap();
+    }
+    let streamed = b.finish(&|_, _| {}).unwrap();
+    let mem = FlatIndex::from_vectors(DIM, Metric::L2, KeyType::F16, &keys, &ids).unwrap();
+    mem.save(&mem_dir).unwrap();
+    let files = |d: &std::path::Path| {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(files(&streamed_dir), files(&mem_dir));
+    for f in ["keys.f16", "ids.u64", "norms.f32"] {
+        let (a, b) = (streamed_dir.join(f), mem_dir.join(f));
+        assert_eq!(std::fs::read(a).unwrap(), std::fs::read(b).unwrap(), "{f}");
+    }
+    let q = clustered(20, DIM, 20, 6);
+    let sp = SearchParams::default();
+    assert_eq!(
+        streamed.search(&q, 5, &sp).unwrap(),
+        mem.search(&q, 5, &sp).unwrap()
+    );
+}
+
 /// Version `v` holds 64 marker keys with ids `v·1000 + i`.
 fn publish_marker(store: &IndexStore, v: u64) -> u64 {
     let keys = clustered(64, DIM, 4, v);
