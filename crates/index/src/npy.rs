@@ -155,11 +155,6 @@ impl MappedMatrix {
         })
     }
 
-    /// Whether the values are stored as f16.
-    pub fn is_f16(&self) -> bool {
-        self.header.elem == 2
-    }
-
     /// Rows `r0..r1`, widened to f32.
     pub fn rows_f32(&self, r0: usize, r1: usize) -> Vec<f32> {
         let row = self.cols * self.header.elem;
@@ -270,7 +265,10 @@ mod tests {
             write_chunks(&p, rows, cols, f16, data.chunks(3 * cols)).unwrap();
             assert_eq!(read(&p).unwrap().data, data);
             let m = MappedMatrix::open(&p).unwrap();
-            assert_eq!((m.rows, m.cols, m.is_f16()), (rows, cols, f16));
+            assert_eq!(
+                (m.rows, m.cols, m.header.elem),
+                (rows, cols, if f16 { 2 } else { 4 })
+            );
             assert_eq!(m.rows_f32(2, 6), data[2 * cols..6 * cols]);
             assert_eq!(m.rows_f32(0, rows), data);
         }
