@@ -2,7 +2,7 @@
 
 use super::checkpoint;
 use super::config::{BertConfig, HiddenAct};
-use super::nn::{activate, dropout, embedding, linear, softmax, Dense, LayerNorm, Mode};
+use super::nn::{activate, dropout, embedding, linear, masked_softmax, Dense, LayerNorm, Mode};
 use crate::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -90,8 +90,12 @@ impl SelfAttention {
         let q = self.split_heads(&(self.query.forward(x, mode)? * scale)?)?;
         let k = self.split_heads(&self.key.forward(x, mode)?)?;
         let v = self.split_heads(&self.value.forward(x, mode)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let probs = dropout(&softmax(&scores, mode)?, self.attn_dropout, mode)?;
+        let scores = q.matmul(&k.t()?)?;
+        let probs = dropout(
+            &masked_softmax(&scores, mask, mode)?,
+            self.attn_dropout,
+            mode,
+        )?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
         let out = dropout(&self.output.forward(&ctx, mode)?, self.hidden_dropout, mode)?;
         self.norm.forward(&(out + x)?, mode)

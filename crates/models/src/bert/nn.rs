@@ -100,11 +100,12 @@ impl LayerNorm {
     }
 }
 
-/// Softmax over the last dimension.
-pub(crate) fn softmax(x: &Tensor, mode: Mode) -> Result<Tensor> {
+/// Attention probabilities: softmax over the last dimension of `scores + mask`, with `mask`
+/// additive and broadcast (see [`crate::fast_ops::softmax_with_bias`]).
+pub(crate) fn masked_softmax(scores: &Tensor, mask: &Tensor, mode: Mode) -> Result<Tensor> {
     match mode {
-        Mode::Inference => candle_nn::ops::softmax_last_dim(x),
-        Mode::Train => crate::fast_ops::train::softmax_last_dim(x),
+        Mode::Inference => crate::fast_ops::softmax_with_bias(scores, mask),
+        Mode::Train => crate::fast_ops::train::softmax_last_dim(&scores.broadcast_add(mask)?),
     }
 }
 

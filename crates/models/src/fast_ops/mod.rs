@@ -1,7 +1,8 @@
 //! CPU kernels for what candle 0.11 runs slowly (scalar, one thread, or as chains of
-//! allocating ops): inference GELU here, fused differentiable training ops in [`train`].
+//! allocating ops): inference GELU and masked softmax here, fused differentiable training ops
+//! in [`train`].
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 pub mod train;
@@ -34,6 +35,209 @@ impl CustomOp1 for GeluErf {
             .zip(src.par_chunks(CHUNK))
             .for_each(|(o, s)| gelu_slice(s, o));
         Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension of `x + bias`, for inference (no backward pass): `x` is
+/// `[b, h, t, w]` attention scores and `bias` an additive mask `[b | 1, 1, t | 1, w]`
+/// broadcast over the rest. On CPU f32 tensors it is one parallel pass with a vectorisable exp
+/// and no `x + bias` temporary, and entries masked with −∞ get exactly 0; elsewhere it is
+/// candle's broadcast add and softmax.
+pub fn softmax_with_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if is_cpu_f32(x) && is_cpu_f32(bias) {
+        x.contiguous()?
+            .apply_op2_no_bwd(&bias.contiguous()?, &BiasedSoftmax)
+    } else {
+        candle_nn::ops::softmax_last_dim(&x.broadcast_add(bias)?)
+    }
+}
+
+struct BiasedSoftmax;
+
+impl CustomOp2 for BiasedSoftmax {
+    fn name(&self) -> &'static str {
+        "ralm-biased-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(xs, xl, self.name())?;
+        let bias = f32_slice(bs, bl, self.name())?;
+        let (b, h, t, w) = xl.shape().dims4()?;
+        let (bb, one, bt, bw) = bl.shape().dims4()?;
+        if one != 1 || bw != w || (bb != 1 && bb != b) || (bt != 1 && bt != t) {
+            candle_core::bail!(
+                "{}: bias {:?} does not broadcast to scores {:?}",
+                self.name(),
+                bl.shape(),
+                xl.shape()
+            );
+        }
+        let rows = (CHUNK / w.max(1)).max(1);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(rows * w)
+            .zip(x.par_chunks(rows * w))
+            .enumerate()
+            .for_each(|(chunk, (o, s))| {
+                for (i, (o, s)) in o.chunks_mut(w).zip(s.chunks(w)).enumerate() {
+                    let r = chunk * rows + i;
+                    let batch = if bb == 1 { 0 } else { r / (h * t) };
+                    let query = if bt == 1 { 0 } else { r % t };
+                    let start = (batch * bt + query) * w;
+                    softmax_row(s, Some(&bias[start..start + w]), o);
+                }
+            });
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+}
+
+/// Softmax of `row` (plus `bias`, when given) into `out`, with the vectorisable exp.
+pub(crate) fn softmax_row(row: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    match bias {
+        Some(bias) => out
+            .iter_mut()
+            .zip(row.iter().zip(bias))
+            .for_each(|(o, (x, b))| *o = x + b),
+        None => out.copy_from_slice(row),
+    }
+    let max = lanes(out, f32::NEG_INFINITY, |x| x, f32::max);
+    out.iter_mut().for_each(|o| *o = exp_non_positive(*o - max));
+    let inv = 1.0 / lanes(out, 0.0, |x| x, |a, b| a + b);
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// Width of the partial results [`lanes`] keeps, so reductions vectorise.
+const LANES: usize = 16;
+
+/// `fold` over `map(x)` for every `x` of `xs` with `LANES` independent partial results: a
+/// plain float reduction is one serial chain the compiler may not reorder, hence not vectorise.
+#[inline(always)]
+fn lanes(xs: &[f32], init: f32, map: impl Fn(f32) -> f32, fold: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = fold(*a, map(x));
+        }
+    }
+    let mut total = tail.iter().fold(init, |a, &x| fold(a, map(x)));
+    for a in acc {
+        total = fold(total, a);
+    }
+    total
+}
+
+/// SwiGLU over the last dimension: with `x = [a, b]` split in halves, `silu(a) · b`, for
+/// inference. On CPU f32 tensors it is one parallel pass with the vectorisable exp (candle's
+/// version makes the two halves, `silu(a)` and the product as separate full-size passes);
+/// elsewhere it is candle's `swiglu`.
+pub fn swiglu(x: &Tensor) -> Result<Tensor> {
+    if is_cpu_f32(x) {
+        x.contiguous()?.apply_op1_no_bwd(&SwiGlu)
+    } else {
+        candle_nn::ops::swiglu(x)
+    }
+}
+
+struct SwiGlu;
+
+impl CustomOp1 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "ralm-swiglu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let src = f32_slice(storage, layout, self.name())?;
+        let mut dims = layout.shape().dims().to_vec();
+        let width = dims.last().copied().unwrap_or(0);
+        if width % 2 != 0 {
+            candle_core::bail!("{}: odd last dimension {width}", self.name());
+        }
+        let half = width / 2;
+        let rows = (CHUNK / width.max(1)).max(1);
+        let mut out = vec![0f32; src.len() / 2];
+        out.par_chunks_mut(rows * half)
+            .zip(src.par_chunks(rows * width))
+            .for_each(|(o, s)| {
+                for (o, s) in o.chunks_mut(half).zip(s.chunks(width)) {
+                    let (gate, up) = s.split_at(half);
+                    for ((o, &a), &b) in o.iter_mut().zip(gate).zip(up) {
+                        // sigmoid from e^−|a| ≤ 1, so the exp never overflows.
+                        let e = exp_non_positive(-a.abs());
+                        let sigmoid = if a >= 0.0 { 1.0 } else { e } / (1.0 + e);
+                        *o = a * sigmoid * b;
+                    }
+                }
+            });
+        if let Some(last) = dims.last_mut() {
+            *last = half;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+/// `log softmax(logits)[target]` of each row: `logits` `[n, v]` (f32), `targets` `[n]` (u32),
+/// out `[n]`. On the CPU it is one parallel pass per row with the vectorisable exp, instead of
+/// candle's five single-threaded full-size ops; elsewhere it is that chain.
+pub fn log_softmax_at(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if is_cpu_f32(logits) && targets.dtype() == DType::U32 {
+        return logits
+            .contiguous()?
+            .apply_op2_no_bwd(&targets.contiguous()?, &LogSoftmaxAt);
+    }
+    let max = logits.max_keepdim(candle_core::D::Minus1)?;
+    let lse = (logits
+        .broadcast_sub(&max)?
+        .exp()?
+        .sum_keepdim(candle_core::D::Minus1)?
+        .log()?
+        + &max)?;
+    let picked = logits.gather(&targets.unsqueeze(1)?, 1)?;
+    (picked - lse)?.squeeze(1)
+}
+
+struct LogSoftmaxAt;
+
+impl CustomOp2 for LogSoftmaxAt {
+    fn name(&self) -> &'static str {
+        "ralm-log-softmax-at"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ls: &CpuStorage,
+        ll: &Layout,
+        ts: &CpuStorage,
+        tl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let logits = f32_slice(ls, ll, self.name())?;
+        let targets = match (ts, tl.contiguous_offsets()) {
+            (CpuStorage::U32(t), Some((start, end))) => &t[start..end],
+            _ => candle_core::bail!("{}: targets must be contiguous u32", self.name()),
+        };
+        let (n, v) = ll.shape().dims2()?;
+        if targets.len() != n {
+            candle_core::bail!("{}: {} targets for {n} rows", self.name(), targets.len());
+        }
+        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= v) {
+            candle_core::bail!("{}: target {bad} outside the {v} columns", self.name());
+        }
+        let out: Vec<f32> = logits
+            .par_chunks(v)
+            .zip(targets.par_iter())
+            .map(|(row, &target)| {
+                let max = lanes(row, f32::NEG_INFINITY, |x| x, f32::max);
+                let sum = lanes(row, 0.0, |x| exp_non_positive(x - max), |a, b| a + b);
+                row[target as usize] - max - sum.ln()
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 }
 
@@ -75,24 +279,31 @@ fn erf(x: f32) -> f32 {
     y.copysign(x)
 }
 
-/// `e^y` for `y ≤ 0` (relative error about 2e-7; underflows to 0 below −87), branch-free.
+/// `e^y` for `y ≤ 0` (relative error about 2e-7; exactly 0 below −87, −∞ included),
+/// branch-free.
 #[inline(always)]
 fn exp_non_positive(y: f32) -> f32 {
     // Round-to-nearest by adding 1.5·2^23; the low mantissa bits then hold the integer.
     const ROUND: f32 = 12_582_912.0;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
-    let y = y.max(-87.0);
-    let shifted = y * std::f32::consts::LOG2_E + ROUND;
+    const LOWEST: f32 = -87.0;
+    let clamped = y.max(LOWEST);
+    let shifted = clamped * std::f32::consts::LOG2_E + ROUND;
     let n = shifted - ROUND;
     let k = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
-    let r = y - n * LN2_HI - n * LN2_LO;
+    let r = clamped - n * LN2_HI - n * LN2_LO;
     // Taylor series of e^r on |r| ≤ ln2/2 to degree 6.
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((k + 127) << 23) as u32)
+    let e = p * f32::from_bits(((k + 127) << 23) as u32);
+    if y < LOWEST {
+        0.0
+    } else {
+        e
+    }
 }
 
 #[cfg(test)]
@@ -136,8 +347,103 @@ mod tests {
                 "e^{y}: {ours} vs {std}"
             );
         }
-        assert_eq!(exp_non_positive(-1e4), exp_non_positive(-87.0));
-        assert!(exp_non_positive(-1e4) < 2e-38);
+        assert!(exp_non_positive(-87.0) > 0.0);
+        assert_eq!(exp_non_positive(-87.5), 0.0);
+        assert_eq!(exp_non_positive(f32::NEG_INFINITY), 0.0);
+    }
+
+    #[test]
+    fn biased_softmax_matches_candle_for_every_mask_shape() {
+        let (b, h, t, w) = (3, 4, 5, 7);
+        let x = Tensor::randn(0f32, 3.0, (b, h, t, w), &Device::Cpu).unwrap();
+        let causal = |rows: usize, pad: usize| -> Tensor {
+            let data: Vec<f32> = (0..rows)
+                .flat_map(|r| {
+                    (0..t).flat_map(move |i| {
+                        (0..w).map(move |j| {
+                            let q = i + w - t;
+                            let visible = j <= q && (j >= pad * r || j == q);
+                            if visible {
+                                0.0
+                            } else {
+                                f32::NEG_INFINITY
+                            }
+                        })
+                    })
+                })
+                .collect();
+            Tensor::from_vec(data, (rows, 1, t, w), &Device::Cpu).unwrap()
+        };
+        let padding = Tensor::from_vec(
+            (0..b * w)
+                .map(|i| if i % w < w - i / w { 0.0 } else { -1e9 })
+                .collect::<Vec<f32>>(),
+            (b, 1, 1, w),
+            &Device::Cpu,
+        )
+        .unwrap();
+        for bias in [causal(1, 0), causal(b, 2), padding] {
+            let ours = softmax_with_bias(&x, &bias).unwrap();
+            let reference =
+                candle_nn::ops::softmax_last_dim(&x.broadcast_add(&bias).unwrap()).unwrap();
+            let (ours, reference): (Vec<f32>, Vec<f32>) = (
+                ours.flatten_all().unwrap().to_vec1().unwrap(),
+                reference.flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            for (a, r) in ours.iter().zip(&reference) {
+                assert!((a - r).abs() < 1e-6, "{a} vs {r}");
+                if *r == 0.0 {
+                    assert_eq!(*a, 0.0, "a masked entry is exactly 0");
+                }
+            }
+        }
+        let wrong = Tensor::zeros((2, 1, 1, w), DType::F32, &Device::Cpu).unwrap();
+        assert!(softmax_with_bias(&x, &wrong).is_err());
+    }
+
+    #[test]
+    fn log_softmax_at_matches_candle() {
+        let (n, v) = (37, 1001);
+        let logits = Tensor::randn(0f32, 4.0, (n, v), &Device::Cpu).unwrap();
+        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 131) % v as u32).collect();
+        let targets = Tensor::new(targets.as_slice(), &Device::Cpu).unwrap();
+        let ours: Vec<f32> = log_softmax_at(&logits, &targets)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let reference: Vec<f32> = candle_nn::ops::log_softmax(&logits, 1)
+            .unwrap()
+            .gather(&targets.unsqueeze(1).unwrap(), 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (a, r) in ours.iter().zip(&reference) {
+            assert!((a - r).abs() < 1e-4, "{a} vs {r}");
+        }
+        let outside = Tensor::new(&[v as u32; 37], &Device::Cpu).unwrap();
+        let err = log_softmax_at(&logits, &outside).unwrap_err().to_string();
+        assert!(err.contains("outside"), "{err}");
+    }
+
+    #[test]
+    fn swiglu_matches_candle() {
+        let x = Tensor::randn(0f32, 5.0, (3, 5, 2 * 97), &Device::Cpu).unwrap();
+        let ours: Vec<f32> = swiglu(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let reference = candle_nn::ops::swiglu(&x).unwrap();
+        assert_eq!(reference.dims(), &[3, 5, 97]);
+        let reference: Vec<f32> = reference.flatten_all().unwrap().to_vec1().unwrap();
+        for (a, r) in ours.iter().zip(&reference) {
+            assert!((a - r).abs() <= 1e-5 * r.abs().max(1.0), "{a} vs {r}");
+        }
+        let odd = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        assert!(swiglu(&odd).is_err());
     }
 
     #[test]

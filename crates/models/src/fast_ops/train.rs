@@ -4,7 +4,7 @@
 //! `gelu_erf`) chain five to ten allocating element-wise ops each way. Off the CPU, or for other
 //! dtypes, they fall back to candle's versions.
 
-use super::{erf, exp_non_positive, f32_slice, is_cpu_f32, CHUNK};
+use super::{erf, exp_non_positive, f32_slice, is_cpu_f32, softmax_row, CHUNK};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -150,14 +150,7 @@ impl CustomOp1 for Softmax {
         let mut out = vec![0f32; src.len()];
         for_rows(src, &mut out, width, |s, o| {
             for (row, out) in s.chunks(width).zip(o.chunks_mut(width)) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (o, &v) in out.iter_mut().zip(row) {
-                    *o = exp_non_positive(v - max);
-                    sum += *o;
-                }
-                let inv = 1.0 / sum;
-                out.iter_mut().for_each(|o| *o *= inv);
+                softmax_row(row, None, out);
             }
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))

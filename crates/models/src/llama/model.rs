@@ -5,7 +5,7 @@ use super::cache::KvCache;
 use super::config::LlamaConfig;
 use super::weights::{LayerWeight, Proj, WeightKey, WeightMode, WeightSource};
 use crate::{ModelError, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
 
 /// What one forward pass returns.
@@ -227,7 +227,7 @@ impl LlamaModel {
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
             let m = layer
                 .down
-                .forward(&candle_nn::ops::swiglu(&layer.gate_up.forward(&h)?)?)?;
+                .forward(&crate::fast_ops::swiglu(&layer.gate_up.forward(&h)?)?)?;
             if i == last && opts.capture_ffn_input {
                 ffn_input = Some(h);
             }
@@ -300,14 +300,17 @@ impl LlamaModel {
         // key/value head are stacked along the query axis.
         let q = (q.reshape((b, nkv, group * t, hd))? * (1.0 / (hd as f64).sqrt()))?;
         let scores = q.matmul(&k.t()?)?;
-        let scores = match bias {
-            Some(bias) => scores
-                .reshape((b, nkv, group, t, total))?
-                .broadcast_add(bias)?
-                .reshape((b, nkv, group * t, total))?,
-            None => scores,
+        let probs = match bias {
+            Some(bias) => {
+                let rows = bias.dim(0)?;
+                crate::fast_ops::softmax_with_bias(
+                    &scores.reshape((b, nh, t, total))?,
+                    &bias.reshape((rows, 1, t, total))?,
+                )?
+                .reshape((b, nkv, group * t, total))?
+            }
+            None => crate::fast_ops::train::softmax_last_dim(&scores)?,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let out = probs
             .matmul(&v)?
             .reshape((b, nh, t, hd))?
@@ -341,15 +344,10 @@ impl LlamaModel {
         for start in (0..n).step_by(CHUNK) {
             let len = CHUNK.min(n - start);
             let logits = self.logits(&h.narrow(0, start, len)?)?;
-            let max = logits.max_keepdim(D::Minus1)?;
-            let lse = (logits
-                .broadcast_sub(&max)?
-                .exp()?
-                .sum_keepdim(D::Minus1)?
-                .log()?
-                + &max)?;
-            let picked = logits.gather(&tg.narrow(0, start, len)?.unsqueeze(1)?, 1)?;
-            parts.push((picked - lse)?.squeeze(1)?);
+            parts.push(crate::fast_ops::log_softmax_at(
+                &logits,
+                &tg.narrow(0, start, len)?,
+            )?);
         }
         Ok(Tensor::cat(&parts, 0)?.reshape(shape)?)
     }

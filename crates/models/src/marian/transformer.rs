@@ -100,16 +100,16 @@ impl Attention {
         ))
     }
 
-    /// Attends queries `x [n, t, d]` over `k`/`v`; `mask` is additive, broadcastable to `[n, h, t, s]`.
+    /// Attends queries `x [n, t, d]` over `k`/`v`; `mask` is additive, `[n | 1, 1, t | 1, s]`.
     fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (n, t, d) = x.dims3()?;
         let q = self.split(&self.q.forward(x)?)?;
         let scale = 1.0 / ((d / self.heads) as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
-        }
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let weights = match mask {
+            Some(m) => crate::fast_ops::softmax_with_bias(&scores, m)?,
+            None => crate::fast_ops::train::softmax_last_dim(&scores)?,
+        };
         let out = weights.matmul(v)?.transpose(1, 2)?.reshape((n, t, d))?;
         self.o.forward(&out)
     }
@@ -542,7 +542,7 @@ impl Transformer {
     }
 }
 
-/// Additive causal mask `[t, past + t]` for `t` new positions after `past` cached ones.
+/// Additive causal mask `[1, 1, t, past + t]` for `t` new positions after `past` cached ones.
 fn causal_mask(past: usize, t: usize, device: &Device) -> Result<Option<Tensor>> {
     if t == 1 {
         return Ok(None);
@@ -551,5 +551,5 @@ fn causal_mask(past: usize, t: usize, device: &Device) -> Result<Option<Tensor>>
     let data: Vec<f32> = (0..t)
         .flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { -1e9 }))
         .collect();
-    Ok(Some(Tensor::from_vec(data, (t, total), device)?))
+    Ok(Some(Tensor::from_vec(data, (1, 1, t, total), device)?))
 }
