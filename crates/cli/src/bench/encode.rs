@@ -30,6 +30,10 @@ pub struct EncodeArgs {
     /// Weight and activation type: f32, bf16 or f16 (the half types are for GPUs).
     #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     dtype: DType,
+    /// Reference tokens/s, e.g. PyTorch measured in the same run by `scripts/bench_models.sh`
+    /// (default: the PyTorch figure measured elsewhere for this device).
+    #[arg(long)]
+    reference: Option<f64>,
 }
 
 /// Parses `f32`, `bf16` or `f16`.
@@ -70,7 +74,9 @@ pub fn run(args: EncodeArgs) -> anyhow::Result<()> {
     }
     dev.synchronize()?;
     let (wall, cpu) = timer.elapsed();
-    let (reference, origin) = if dev.is_cpu() {
+    let (reference, origin) = if let Some(r) = args.reference {
+        (r, "given with --reference")
+    } else if dev.is_cpu() {
         (
             PYTORCH_ENCODE_TOKENS_PER_S,
             "PyTorch f32, batch 32 x 128, on the 2-core machine",

@@ -30,6 +30,10 @@ pub struct ScoreArgs {
     /// Which weight modes to measure.
     #[arg(long, value_enum, default_value_t = Modes::Both)]
     modes: Modes,
+    /// Reference tokens/s, e.g. PyTorch f32 measured in the same run by
+    /// `scripts/bench_models.sh` (default: the PyTorch figure measured elsewhere for this device).
+    #[arg(long)]
+    reference: Option<f64>,
 }
 
 /// Weight modes measured by `bench score`.
@@ -63,8 +67,20 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
         a.batch > 0 && a.seq > 1 && a.iters > 0,
         "batch, seq and iters must be positive (seq > 1)"
     );
+    let device = crate::device::current();
+    let (reference, origin) = match a.reference {
+        Some(r) => (r, "given with --reference"),
+        None if device.is_cpu() => (
+            PYTORCH_SCORE_TOKENS_PER_S,
+            "PyTorch f32, measured elsewhere on the 2-core machine",
+        ),
+        None => (
+            PYTORCH_H100_BF16_SCORE_TOKENS_PER_S,
+            "PyTorch 2.11 bf16 on an H100, batch 16 x 1024",
+        ),
+    };
     println!(
-        "scoring {} × {} tokens, {} iterations, {} threads; PyTorch f32 reference: {PYTORCH_SCORE_TOKENS_PER_S} tokens/s (measured elsewhere on the 2-core machine)",
+        "scoring {} × {} tokens, {} iterations, {} threads; reference: {reference:.0} tokens/s ({origin})",
         a.batch,
         a.seq,
         a.iters,
@@ -76,7 +92,6 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
         Modes::Quantized => &[WeightMode::Quantized],
         Modes::Bf16 => &[WeightMode::Bf16],
     };
-    let device = crate::device::current();
     for &mode in modes {
         let model = LlamaModel::load(&a.model, mode, &device)
             .with_context(|| format!("loading {}", a.model.display()))?;
@@ -96,12 +111,6 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
             1e3 * split.1 / a.iters as f64
         );
         let label = format!("{mode:?}").to_lowercase();
-        let reference = if device.is_cpu() {
-            PYTORCH_SCORE_TOKENS_PER_S
-        } else {
-            println!("GPU reference: PyTorch 2.11 bf16 on an H100, batch 16 x 1024");
-            PYTORCH_H100_BF16_SCORE_TOKENS_PER_S
-        };
         let tokens = a.batch * a.seq * a.iters;
         println!("{}", super::report(&label, tokens, wall, cpu, reference));
         super::result_line(&format!("score-{label}"), tokens, wall, reference);
