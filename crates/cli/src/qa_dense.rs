@@ -197,8 +197,9 @@ struct EvalArgs {
     /// Questions for retrieval recall (an evenly spaced sample; 0 = all).
     #[arg(long, default_value_t = 0)]
     limit: usize,
-    /// Questions (the first of the sample) answered by the reader; 0 = none (recall only, no
-    /// reader loaded).
+    /// Questions answered by the reader (an evenly spaced sample of the recall questions, so
+    /// every relation or article of the dataset is read); 0 = none (recall only, no reader
+    /// loaded).
     #[arg(long, default_value_t = 200)]
     reader_limit: usize,
     /// Seed of split_by_article (squad-open).
@@ -435,7 +436,11 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
             json!({"recall": recall_json, "questions_per_s": qps}),
         );
     }
-    let n_read = a.reader_limit.min(questions.len());
+    let read = match a.reader_limit {
+        0 => Vec::new(),
+        n => spread_sample(questions.clone(), n),
+    };
+    let n_read = read.len();
     // With a checkpoint the reader is compared across retrievers; else the chosen one is used.
     let reader_runs: Vec<(String, RetrieverKind, &DenseEncoder)> = match loaded.zero_shot {
         Some(_) => retrievers
@@ -446,14 +451,7 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         None => vec![("reader".into(), a.reader.retriever, &system.encoder)],
     };
     for (label, kind, encoder) in reader_runs.iter().filter(|_| n_read > 0) {
-        let s = score_reader(
-            system,
-            encoder,
-            &questions[..n_read],
-            a.reader.k,
-            *kind,
-            label,
-        )?;
+        let s = score_reader(system, encoder, &read, a.reader.k, *kind, label)?;
         println!(
             "{label} ({kind:?}, k={}): EM {:.1}%  F1 {:.1}% on {n_read} questions ({:.2} questions/s)",
             a.reader.k,
