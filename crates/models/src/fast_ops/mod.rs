@@ -1,6 +1,6 @@
 //! CPU kernels for what candle 0.11 runs slowly (scalar, one thread, or as chains of
-//! allocating ops): inference GELU and masked softmax here, fused differentiable training ops
-//! in [`train`].
+//! allocating ops): inference GELU, masked softmax, SwiGLU and next-token log-probabilities
+//! here, fused differentiable training ops in [`train`].
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -9,6 +9,11 @@ pub mod train;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
 const CHUNK: usize = 16 * 1024;
+
+/// Whole rows of `width` per parallel task: about [`CHUNK`] elements, at least one row.
+fn rows_per_task(width: usize) -> usize {
+    (CHUNK / width.max(1)).max(1)
+}
 
 /// Exact-erf GELU, `x · (1 + erf(x / √2)) / 2`, for inference. On CPU f32 tensors it runs a
 /// vectorisable erf (absolute error below 3e-7) on all cores; elsewhere it is candle's
@@ -78,7 +83,7 @@ impl CustomOp2 for BiasedSoftmax {
                 xl.shape()
             );
         }
-        let rows = (CHUNK / w.max(1)).max(1);
+        let rows = rows_per_task(w);
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(rows * w)
             .zip(x.par_chunks(rows * w))
@@ -160,7 +165,7 @@ impl CustomOp1 for SwiGlu {
             candle_core::bail!("{}: odd last dimension {width}", self.name());
         }
         let half = width / 2;
-        let rows = (CHUNK / width.max(1)).max(1);
+        let rows = rows_per_task(width);
         let mut out = vec![0f32; src.len() / 2];
         out.par_chunks_mut(rows * half)
             .zip(src.par_chunks(rows * width))

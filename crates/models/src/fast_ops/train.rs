@@ -4,7 +4,7 @@
 //! `gelu_erf`) chain five to ten allocating element-wise ops each way. Off the CPU, or for other
 //! dtypes, they fall back to candle's versions.
 
-use super::{erf, exp_non_positive, f32_slice, is_cpu_f32, softmax_row, CHUNK};
+use super::{erf, exp_non_positive, f32_slice, is_cpu_f32, rows_per_task, softmax_row, CHUNK};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -118,8 +118,7 @@ impl CustomOp1 for Dropout {
 
 /// Elements per parallel task rounded to whole rows of `width` (at least one row).
 fn row_chunk(width: usize) -> usize {
-    let width = width.max(1);
-    (CHUNK / width).max(1) * width
+    rows_per_task(width) * width.max(1)
 }
 
 /// Runs `f(input rows, output rows)` over chunks of whole rows of width `width`, in parallel.

@@ -302,12 +302,8 @@ impl LlamaModel {
         let scores = q.matmul(&k.t()?)?;
         let probs = match bias {
             Some(bias) => {
-                let rows = bias.dim(0)?;
-                crate::fast_ops::softmax_with_bias(
-                    &scores.reshape((b, nh, t, total))?,
-                    &bias.reshape((rows, 1, t, total))?,
-                )?
-                .reshape((b, nkv, group * t, total))?
+                crate::fast_ops::softmax_with_bias(&scores.reshape((b, nh, t, total))?, bias)?
+                    .reshape((b, nkv, group * t, total))?
             }
             None => crate::fast_ops::train::softmax_last_dim(&scores)?,
         };
@@ -367,7 +363,8 @@ fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
     Ok((freqs.cos()?, freqs.sin()?))
 }
 
-/// Additive attention bias `[b | 1, 1, 1, t, start_pos + t]` (`b` rows with left padding): causal, and blind to left padding.
+/// Additive attention bias `[b | 1, 1, t, start_pos + t]` (`b` rows with left padding), as
+/// [`crate::fast_ops::softmax_with_bias`] takes it: causal, and blind to left padding.
 /// `None` when nothing needs masking (one new token, no padding).
 fn attention_bias(
     t: usize,
@@ -396,10 +393,9 @@ fn attention_bias(
             }
         }
     }
-    let rows = pads.len();
     Ok(Some(Tensor::from_vec(
         bias,
-        (rows, 1, 1, t, total),
+        (pads.len(), 1, t, total),
         device,
     )?))
 }
