@@ -2,7 +2,7 @@
 
 use super::checkpoint;
 use super::config::{BertConfig, HiddenAct};
-use super::nn::{activate, dropout, embedding, linear, masked_softmax, Dense, LayerNorm, Mode};
+use super::nn::{activate, dropout, embedding, linear, Dense, LayerNorm, Mode};
 use crate::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -76,27 +76,30 @@ impl SelfAttention {
         })
     }
 
-    /// `[b, t, h]` → `[b, heads, t, head_dim]`.
+    /// `[b, t, h]` → `[b, heads, t, head_dim]` (a strided view).
     fn split_heads(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         x.reshape((b, t, self.heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
+            .transpose(1, 2)
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor, mode: Mode) -> candle_core::Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let q = self.split_heads(&(self.query.forward(x, mode)? * scale)?)?;
+        let q = self.split_heads(&self.query.forward(x, mode)?)?;
         let k = self.split_heads(&self.key.forward(x, mode)?)?;
         let v = self.split_heads(&self.value.forward(x, mode)?)?;
-        let scores = q.matmul(&k.t()?)?;
-        let probs = dropout(
-            &masked_softmax(&scores, mask, mode)?,
-            self.attn_dropout,
-            mode,
-        )?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
+        let ctx = if mode == Mode::Inference {
+            crate::fast_ops::attention(&q, &k, &v, Some(mask), scale as f32)?
+        } else {
+            let scores = (q * scale)?.matmul(&k.contiguous()?.t()?)?;
+            let probs = crate::fast_ops::train::softmax_last_dim(&scores.broadcast_add(mask)?)?;
+            let probs = dropout(&probs, self.attn_dropout, mode)?;
+            probs
+                .matmul(&v.contiguous()?)?
+                .transpose(1, 2)?
+                .reshape((b, t, h))?
+        };
         let out = dropout(&self.output.forward(&ctx, mode)?, self.hidden_dropout, mode)?;
         self.norm.forward(&(out + x)?, mode)
     }

@@ -1,11 +1,21 @@
 //! CPU kernels for what candle 0.11 runs slowly (scalar, one thread, or as chains of
-//! allocating ops): inference GELU, masked softmax, SwiGLU and next-token log-probabilities
+//! allocating ops): inference linear layers, attention, GELU, SwiGLU and next-token log-probabilities
 //! here, fused differentiable training ops in [`train`].
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
+mod attention;
+mod linear;
 pub mod train;
+
+#[cfg(test)]
+mod test_data;
+
+pub use attention::attention;
+pub use linear::linear;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
 const CHUNK: usize = 16 * 1024;
@@ -43,77 +53,12 @@ impl CustomOp1 for GeluErf {
     }
 }
 
-/// Softmax over the last dimension of `x + bias`, for inference (no backward pass): `x` is
-/// `[b, h, t, w]` attention scores and `bias` an additive mask `[b | 1, 1, t | 1, w]`
-/// broadcast over the rest. On CPU f32 tensors it is one parallel pass with a vectorisable exp
-/// and no `x + bias` temporary, and entries masked with −∞ get exactly 0; elsewhere it is
-/// candle's broadcast add and softmax.
-pub fn softmax_with_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    if is_cpu_f32(x) && is_cpu_f32(bias) {
-        x.contiguous()?
-            .apply_op2_no_bwd(&bias.contiguous()?, &BiasedSoftmax)
-    } else {
-        candle_nn::ops::softmax_last_dim(&x.broadcast_add(bias)?)
-    }
-}
-
-struct BiasedSoftmax;
-
-impl CustomOp2 for BiasedSoftmax {
-    fn name(&self) -> &'static str {
-        "ralm-biased-softmax"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(xs, xl, self.name())?;
-        let bias = f32_slice(bs, bl, self.name())?;
-        let (b, h, t, w) = xl.shape().dims4()?;
-        let (bb, one, bt, bw) = bl.shape().dims4()?;
-        if one != 1 || bw != w || (bb != 1 && bb != b) || (bt != 1 && bt != t) {
-            candle_core::bail!(
-                "{}: bias {:?} does not broadcast to scores {:?}",
-                self.name(),
-                bl.shape(),
-                xl.shape()
-            );
-        }
-        let rows = rows_per_task(w);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(rows * w)
-            .zip(x.par_chunks(rows * w))
-            .enumerate()
-            .for_each(|(chunk, (o, s))| {
-                for (i, (o, s)) in o.chunks_mut(w).zip(s.chunks(w)).enumerate() {
-                    let r = chunk * rows + i;
-                    let batch = if bb == 1 { 0 } else { r / (h * t) };
-                    let query = if bt == 1 { 0 } else { r % t };
-                    let start = (batch * bt + query) * w;
-                    softmax_row(s, Some(&bias[start..start + w]), o);
-                }
-            });
-        Ok((CpuStorage::F32(out), xl.shape().clone()))
-    }
-}
-
-/// Softmax of `row` (plus `bias`, when given) into `out`, with the vectorisable exp.
-pub(crate) fn softmax_row(row: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
-    match bias {
-        Some(bias) => out
-            .iter_mut()
-            .zip(row.iter().zip(bias))
-            .for_each(|(o, (x, b))| *o = x + b),
-        None => out.copy_from_slice(row),
-    }
-    let max = lanes(out, f32::NEG_INFINITY, |x| x, f32::max);
-    out.iter_mut().for_each(|o| *o = exp_non_positive(*o - max));
-    let inv = 1.0 / lanes(out, 0.0, |x| x, |a, b| a + b);
-    out.iter_mut().for_each(|o| *o *= inv);
+/// Softmax of `row`, in place, with the vectorisable exp.
+pub(crate) fn softmax_in_place(row: &mut [f32]) {
+    let max = lanes(row, f32::NEG_INFINITY, |x| x, f32::max);
+    row.iter_mut().for_each(|o| *o = exp_non_positive(*o - max));
+    let inv = 1.0 / lanes(row, 0.0, |x| x, |a, b| a + b);
+    row.iter_mut().for_each(|o| *o *= inv);
 }
 
 /// Width of the partial results [`lanes`] keeps, so reductions vectorise.
@@ -355,55 +300,6 @@ mod tests {
         assert!(exp_non_positive(-87.0) > 0.0);
         assert_eq!(exp_non_positive(-87.5), 0.0);
         assert_eq!(exp_non_positive(f32::NEG_INFINITY), 0.0);
-    }
-
-    #[test]
-    fn biased_softmax_matches_candle_for_every_mask_shape() {
-        let (b, h, t, w) = (3, 4, 5, 7);
-        let x = Tensor::randn(0f32, 3.0, (b, h, t, w), &Device::Cpu).unwrap();
-        let causal = |rows: usize, pad: usize| -> Tensor {
-            let data: Vec<f32> = (0..rows)
-                .flat_map(|r| {
-                    (0..t).flat_map(move |i| {
-                        (0..w).map(move |j| {
-                            let q = i + w - t;
-                            let visible = j <= q && (j >= pad * r || j == q);
-                            if visible {
-                                0.0
-                            } else {
-                                f32::NEG_INFINITY
-                            }
-                        })
-                    })
-                })
-                .collect();
-            Tensor::from_vec(data, (rows, 1, t, w), &Device::Cpu).unwrap()
-        };
-        let padding = Tensor::from_vec(
-            (0..b * w)
-                .map(|i| if i % w < w - i / w { 0.0 } else { -1e9 })
-                .collect::<Vec<f32>>(),
-            (b, 1, 1, w),
-            &Device::Cpu,
-        )
-        .unwrap();
-        for bias in [causal(1, 0), causal(b, 2), padding] {
-            let ours = softmax_with_bias(&x, &bias).unwrap();
-            let reference =
-                candle_nn::ops::softmax_last_dim(&x.broadcast_add(&bias).unwrap()).unwrap();
-            let (ours, reference): (Vec<f32>, Vec<f32>) = (
-                ours.flatten_all().unwrap().to_vec1().unwrap(),
-                reference.flatten_all().unwrap().to_vec1().unwrap(),
-            );
-            for (a, r) in ours.iter().zip(&reference) {
-                assert!((a - r).abs() < 1e-6, "{a} vs {r}");
-                if *r == 0.0 {
-                    assert_eq!(*a, 0.0, "a masked entry is exactly 0");
-                }
-            }
-        }
-        let wrong = Tensor::zeros((2, 1, 1, w), DType::F32, &Device::Cpu).unwrap();
-        assert!(softmax_with_bias(&x, &wrong).is_err());
     }
 
     #[test]

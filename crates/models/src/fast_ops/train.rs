@@ -4,7 +4,7 @@
 //! `gelu_erf`) chain five to ten allocating element-wise ops each way. Off the CPU, or for other
 //! dtypes, they fall back to candle's versions.
 
-use super::{erf, exp_non_positive, f32_slice, is_cpu_f32, rows_per_task, softmax_row, CHUNK};
+use super::{erf, exp_non_positive, f32_slice, is_cpu_f32, rows_per_task, softmax_in_place, CHUNK};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -149,7 +149,8 @@ impl CustomOp1 for Softmax {
         let mut out = vec![0f32; src.len()];
         for_rows(src, &mut out, width, |s, o| {
             for (row, out) in s.chunks(width).zip(o.chunks_mut(width)) {
-                softmax_row(row, None, out);
+                out.copy_from_slice(row);
+                softmax_in_place(out);
             }
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
@@ -462,35 +463,12 @@ const GELU_GRAD: GradKernel = GradKernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fast_ops::test_data::{max_diff, values};
     use candle_core::{Device, Var};
-
-    /// Pseudo-random values in [-scale, scale) from a fixed seed.
-    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
 
     fn var(shape: &[usize], seed: u64, scale: f32) -> Var {
         let n = shape.iter().product();
         Var::from_vec(values(n, seed, scale), shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     #[test]

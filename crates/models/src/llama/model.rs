@@ -279,7 +279,6 @@ impl LlamaModel {
         let (b, t, _) = h.dims3()?;
         let hd = self.cfg.head_dim();
         let (nh, nkv) = (self.cfg.num_attention_heads, self.cfg.kv_heads());
-        let group = nh / nkv;
         let qkv = layer.qkv.forward(h)?;
         let heads = |start: usize, n: usize| -> Result<Tensor> {
             Ok(qkv
@@ -295,23 +294,8 @@ impl LlamaModel {
             Some(c) => c.append(i, k, v)?,
             None => (k, v),
         };
-        let total = k.dim(2)?;
-        // Grouped-query attention without copying keys: the `group` query heads that share a
-        // key/value head are stacked along the query axis.
-        let q = (q.reshape((b, nkv, group * t, hd))? * (1.0 / (hd as f64).sqrt()))?;
-        let scores = q.matmul(&k.t()?)?;
-        let probs = match bias {
-            Some(bias) => {
-                crate::fast_ops::softmax_with_bias(&scores.reshape((b, nh, t, total))?, bias)?
-                    .reshape((b, nkv, group * t, total))?
-            }
-            None => crate::fast_ops::train::softmax_last_dim(&scores)?,
-        };
-        let out = probs
-            .matmul(&v)?
-            .reshape((b, nh, t, hd))?
-            .transpose(1, 2)?
-            .reshape((b, t, nh * hd))?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let out = crate::fast_ops::attention(&q, &k, &v, bias, scale)?;
         layer.o.forward(&out)
     }
 

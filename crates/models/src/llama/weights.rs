@@ -94,7 +94,7 @@ impl Proj {
         let rows = x.elem_count() / k.max(1);
         let x2 = x.reshape((rows, k))?;
         let y = match self {
-            Self::Dense(w) => x2.matmul(&w.t()?)?,
+            Self::Dense(w) => crate::fast_ops::linear(&x2, w, None)?,
             Self::Quant(q) => q.forward(&x2)?,
         };
         dims.push(y.dim(1)?);

@@ -1,7 +1,7 @@
 //! The encoder–decoder network: post-norm transformer encoder, decoder with SSRU or self-attention,
 //! cross-attention, and a tied output layer with bias.
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::config::{Activation, DecoderStart, MarianConfig, PositionStyle};
 use crate::error::{ModelError, Result};
@@ -34,7 +34,11 @@ impl Dense {
             Some(q) => fake_quant_int8(x, q)?,
             None => x.clone(),
         };
-        Ok(self.linear.forward(&x)?)
+        Ok(crate::fast_ops::linear(
+            &x,
+            self.linear.weight(),
+            self.linear.bias(),
+        )?)
     }
 }
 
@@ -102,16 +106,11 @@ impl Attention {
 
     /// Attends queries `x [n, t, d]` over `k`/`v`; `mask` is additive, `[n | 1, 1, t | 1, s]`.
     fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (n, t, d) = x.dims3()?;
+        let d = x.dim(2)?;
         let q = self.split(&self.q.forward(x)?)?;
-        let scale = 1.0 / ((d / self.heads) as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let weights = match mask {
-            Some(m) => crate::fast_ops::softmax_with_bias(&scores, m)?,
-            None => crate::fast_ops::train::softmax_last_dim(&scores)?,
-        };
-        let out = weights.matmul(v)?.transpose(1, 2)?.reshape((n, t, d))?;
-        self.o.forward(&out)
+        let scale = 1.0 / ((d / self.heads) as f32).sqrt();
+        self.o
+            .forward(&crate::fast_ops::attention(&q, k, v, mask, scale)?)
     }
 }
 
