@@ -150,16 +150,7 @@ fn tokens(n: usize, seed: u64, vocab: usize) -> Vec<u32> {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    ralm_models::fast_ops::max_abs_diff(a, b).unwrap()
 }
 
 fn mem_model() -> LlamaModel {

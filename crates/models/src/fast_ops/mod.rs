@@ -191,6 +191,17 @@ impl CustomOp2 for LogSoftmaxAt {
     }
 }
 
+/// The largest absolute difference between two tensors of one shape, as the kernels here (and
+/// the models' parity tests) are checked against reference computations.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    (a - b)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_dtype(DType::F32)?
+        .to_scalar()
+}
+
 /// The contiguous f32 data of a CPU tensor, or an error naming `op`.
 pub fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {

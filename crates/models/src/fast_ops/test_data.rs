@@ -19,16 +19,7 @@ pub(crate) fn tensor(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(values(n, seed, 1.0), shape, &Device::Cpu).unwrap()
 }
 
-/// The largest absolute difference between two tensors of one shape.
+/// [`super::max_abs_diff`], unwrapped.
 pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    super::max_abs_diff(a, b).unwrap()
 }
