@@ -3,7 +3,7 @@
 //! `[b, heads, t, s]` score tensor, no head transposes, and causal blocks that skip the keys
 //! no query of the block can see.
 
-use super::{softmax_in_place, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use super::{product, softmax_in_place, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -94,42 +94,6 @@ impl Out {
     }
 }
 
-/// `dst = beta · lhs · rhs` through gemm on one thread (the tasks are the parallelism); every
-/// matrix is given by its first element and its row and column strides.
-#[allow(clippy::too_many_arguments)]
-unsafe fn product(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: usize,
-    lhs: *const f32,
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (usize, usize),
-    beta: f32,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        false,
-        lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        0.0,
-        beta,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    )
-}
-
 impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
         "ralm-attention"
@@ -184,6 +148,7 @@ impl CustomOp3 for Attention {
                 let first_query = q.matrix(seq, head).wrapping_add(rows.start * q.stride[2]);
                 // SAFETY: the views cover their tensors' layouts (checked by candle); `scores`
                 // holds n × keys values; this task alone writes rows `rows` × columns of `head`.
+                // One thread per product: the tasks are the parallelism.
                 unsafe {
                     product(
                         (n, keys, hd),
@@ -194,6 +159,7 @@ impl CustomOp3 for Attention {
                         k.matrix(seq, kv),
                         (k.stride[3], k.stride[2]),
                         self.scale,
+                        Parallelism::None,
                     );
                 }
                 for (i, row) in scores.chunks_mut(keys).enumerate() {
@@ -215,6 +181,7 @@ impl CustomOp3 for Attention {
                         v.matrix(seq, kv),
                         (v.stride[2], v.stride[3]),
                         1.0,
+                        Parallelism::None,
                     );
                 }
             });

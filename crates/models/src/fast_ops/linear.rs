@@ -2,7 +2,9 @@
 //! never zero-filled, with the bias added in place (candle's `Linear` zero-fills the product and
 //! then allocates a second tensor for the bias sum).
 
-use super::{f32_slice, rows_per_task, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use super::{
+    f32_slice, product, rows_per_task, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor,
+};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -53,27 +55,17 @@ impl CustomOp2 for Linear {
         let rows = x.len() / width.max(1);
         let mut y: Vec<f32> = Vec::with_capacity(rows * out);
         // SAFETY: `x` is rows × width and `w` out × width, both contiguous; gemm writes every
-        // one of the rows × out outputs (read_dst = false) before `set_len` exposes them.
+        // one of the rows × out outputs (it never reads `dst`) before `set_len` exposes them.
         unsafe {
-            gemm::gemm(
-                rows,
-                out,
-                width,
+            product(
+                (rows, out, width),
                 y.as_mut_ptr(),
-                1,
-                out as isize,
-                false,
+                out,
                 x.as_ptr(),
-                1,
-                width as isize,
+                (width, 1),
                 w.as_ptr(),
-                width as isize,
-                1,
-                0.0,
+                (1, width),
                 1.0,
-                false,
-                false,
-                false,
                 Parallelism::Rayon(rayon::current_num_threads()),
             );
             y.set_len(rows * out);

@@ -1,6 +1,6 @@
 //! CPU kernels for what candle 0.11 runs slowly (scalar, one thread, or as chains of
-//! allocating ops): inference linear layers, attention, GELU, SwiGLU and next-token log-probabilities
-//! here, fused differentiable training ops in [`train`].
+//! allocating ops): inference linear layers, attention, GELU, SwiGLU and next-token
+//! log-probabilities here, fused differentiable training ops in [`train`].
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
@@ -23,6 +23,47 @@ const CHUNK: usize = 16 * 1024;
 /// Whole rows of `width` per parallel task: about [`CHUNK`] elements, at least one row.
 fn rows_per_task(width: usize) -> usize {
     (CHUNK / width.max(1)).max(1)
+}
+
+/// `dst = beta · lhs · rhs` (f32, through gemm, `dst` not read), every matrix given by its
+/// first element and its row and column strides (`dst`'s columns are adjacent).
+///
+/// # Safety
+/// Each pointer must cover its matrix: `m × k` for `lhs`, `k × n` for `rhs`, `m × n` for `dst`,
+/// at the given strides; `dst` must not overlap the inputs or be written by anyone else meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: *const f32,
+    (rhs_rs, rhs_cs): (usize, usize),
+    beta: f32,
+    parallelism: gemm::Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        0.0,
+        beta,
+        false,
+        false,
+        false,
+        parallelism,
+    )
 }
 
 /// Exact-erf GELU, `x · (1 + erf(x / √2)) / 2`, for inference. On CPU f32 tensors it runs a

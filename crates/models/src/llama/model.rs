@@ -348,7 +348,7 @@ fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
 }
 
 /// Additive attention bias `[b | 1, 1, t, start_pos + t]` (`b` rows with left padding), as
-/// [`crate::fast_ops::softmax_with_bias`] takes it: causal, and blind to left padding.
+/// [`crate::fast_ops::attention`] takes it: causal, and blind to left padding.
 /// `None` when nothing needs masking (one new token, no padding).
 fn attention_bias(
     t: usize,
