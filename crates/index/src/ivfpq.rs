@@ -43,10 +43,10 @@ impl IvfPqParams {
     }
 }
 
-/// Largest precomputed L2 term table kept in memory (floats); bigger ones are computed per probe.
-const MAX_TERMS: usize = 1 << 26;
 /// Codes scored per call of the distance kernel.
 const ADC_BLOCK: usize = 256;
+/// Candidates whose full keys are prefetched ahead of the one being re-ranked.
+const RERANK_AHEAD: usize = 4;
 /// Rows encoded per progress step.
 const ENCODE_CHUNK: usize = 16_384;
 
@@ -65,9 +65,28 @@ pub struct IvfPqIndex {
     pub(crate) offsets: Array<u64>,
     pub(crate) codes: Array<u8>,
     pub(crate) list_rows: Array<u64>,
-    tails: Vec<(Vec<u8>, Vec<u64>)>,
-    terms: Option<Vec<f32>>,
+    /// For L2, each listed code's query-independent distance term (`pq::code_term`), in list
+    /// order; empty for the other metrics.
+    terms: Vec<f32>,
+    tails: Vec<Tail>,
     pub(crate) provenance: serde_json::Value,
+}
+
+/// Entries appended to one inverted list since it was last made contiguous.
+#[derive(Clone, Default)]
+struct Tail {
+    codes: Vec<u8>,
+    rows: Vec<u64>,
+    terms: Vec<f32>,
+}
+
+/// A run of one inverted list's entries: codes (`m` bytes each), row numbers and, for L2,
+/// distance terms.
+#[derive(Clone, Copy)]
+pub(crate) struct ListPart<'a> {
+    pub codes: &'a [u8],
+    pub rows: &'a [u64],
+    terms: &'a [f32],
 }
 
 impl IvfPqIndex {
@@ -124,8 +143,8 @@ impl IvfPqIndex {
             offsets: vec![0u64; nlist + 1].into(),
             codes: Array::default(),
             list_rows: Array::default(),
-            tails: vec![(Vec::new(), Vec::new()); nlist],
-            terms: None,
+            terms: Vec::new(),
+            tails: vec![Tail::default(); nlist],
             provenance: serde_json::Value::Null,
             rows,
         };
@@ -135,7 +154,7 @@ impl IvfPqIndex {
             progress(r1, n);
         }
         idx.flatten_lists();
-        idx.prepare_tables();
+        idx.books_t = pq::transpose_books(&idx.books, idx.dsub());
         Ok(idx)
     }
 
@@ -153,7 +172,7 @@ impl IvfPqIndex {
     ) -> Self {
         let coarse = kmeans::centroid_rows(&centroids, rows.dim, rows.metric.kernel());
         let mut idx = IvfPqIndex {
-            tails: vec![(Vec::new(), Vec::new()); params.nlist],
+            tails: vec![Tail::default(); params.nlist],
             params,
             centroids,
             coarse,
@@ -162,11 +181,12 @@ impl IvfPqIndex {
             offsets,
             codes,
             list_rows,
-            terms: None,
+            terms: Vec::new(),
             provenance,
             rows,
         };
-        idx.prepare_tables();
+        idx.books_t = pq::transpose_books(&idx.books, idx.dsub());
+        idx.terms = idx.listed_terms();
         idx
     }
 
@@ -180,15 +200,47 @@ impl IvfPqIndex {
         let assign = kmeans::assign(&self.coarse, &data);
         let res = residuals(&self.centroids, self.rows.dim, &data, &assign);
         let codes = pq::encode(&self.books, self.rows.dim, self.params.m, &res);
+        let l2 = self.rows.metric == Metric::L2;
         for (i, ((list, _), code)) in assign
             .iter()
             .zip(codes.chunks_exact(self.params.m))
             .enumerate()
         {
-            let t = &mut self.tails[*list as usize];
-            t.0.extend_from_slice(code);
-            t.1.push((r0 + i) as u64);
+            let l = *list as usize;
+            if l2 {
+                let term = self.code_term(l, code);
+                self.tails[l].terms.push(term);
+            }
+            let t = &mut self.tails[l];
+            t.codes.extend_from_slice(code);
+            t.rows.push((r0 + i) as u64);
         }
+    }
+
+    /// The L2 distance term of `code` in list `l`.
+    fn code_term(&self, l: usize, code: &[u8]) -> f32 {
+        let dim = self.rows.dim;
+        let centroid = &self.centroids[l * dim..(l + 1) * dim];
+        pq::code_term(&self.books, self.dsub(), centroid, code)
+    }
+
+    /// The L2 distance terms of every code in the contiguous lists (empty for other metrics).
+    fn listed_terms(&self) -> Vec<f32> {
+        if self.rows.metric != Metric::L2 {
+            return Vec::new();
+        }
+        let m = self.params.m;
+        let per_list: Vec<Vec<f32>> = (0..self.params.nlist)
+            .into_par_iter()
+            .map(|l| {
+                let (a, b) = (self.offsets[l] as usize, self.offsets[l + 1] as usize);
+                self.codes[a * m..b * m]
+                    .chunks_exact(m)
+                    .map(|code| self.code_term(l, code))
+                    .collect()
+            })
+            .collect();
+        per_list.concat()
     }
 
     /// Moves every list tail into the contiguous list arrays.
@@ -197,48 +249,41 @@ impl IvfPqIndex {
         let mut offsets = Vec::with_capacity(self.params.nlist + 1);
         let mut codes = Vec::new();
         let mut list_rows = Vec::new();
+        let mut terms = Vec::new();
         offsets.push(0);
         for l in 0..self.params.nlist {
-            let (c, r) = self.list(l);
-            codes.extend_from_slice(c.0);
-            codes.extend_from_slice(c.1);
-            list_rows.extend_from_slice(r.0);
-            list_rows.extend_from_slice(r.1);
+            for part in self.list(l) {
+                codes.extend_from_slice(part.codes);
+                list_rows.extend_from_slice(part.rows);
+                terms.extend_from_slice(part.terms);
+            }
             offsets.push(list_rows.len() as u64);
         }
         debug_assert_eq!(codes.len(), list_rows.len() * m);
         self.offsets = offsets.into();
         self.codes = codes.into();
         self.list_rows = list_rows.into();
-        self.tails = vec![(Vec::new(), Vec::new()); self.params.nlist];
+        self.terms = terms;
+        self.tails = vec![Tail::default(); self.params.nlist];
     }
 
-    /// Codes and rows of list `l`: the contiguous part and the appended tail.
-    #[allow(clippy::type_complexity)]
-    pub(crate) fn list(&self, l: usize) -> ((&[u8], &[u8]), (&[u64], &[u64])) {
+    /// The entries of list `l`: its contiguous part and its appended tail.
+    pub(crate) fn list(&self, l: usize) -> [ListPart<'_>; 2] {
         let (a, b) = (self.offsets[l] as usize, self.offsets[l + 1] as usize);
         let m = self.params.m;
         let t = &self.tails[l];
-        (
-            (&self.codes[a * m..b * m], &t.0),
-            (&self.list_rows[a..b], &t.1),
-        )
-    }
-
-    /// Transposes the codebooks and, for L2 when small enough, precomputes every list's term table.
-    fn prepare_tables(&mut self) {
-        let (dim, dsub) = (self.rows.dim, self.dsub());
-        self.books_t = pq::transpose_books(&self.books, dsub);
-        let size = self.params.nlist * self.params.m * KSUB;
-        if self.rows.metric != Metric::L2 || size > MAX_TERMS {
-            return;
-        }
-        let mut terms = vec![0f32; size];
-        terms
-            .par_chunks_mut(self.params.m * KSUB)
-            .zip(self.centroids.par_chunks(dim))
-            .for_each(|(t, c)| pq::l2_term(&self.books_t, dsub, c, t));
-        self.terms = Some(terms);
+        [
+            ListPart {
+                codes: &self.codes[a * m..b * m],
+                rows: &self.list_rows[a..b],
+                terms: self.terms.get(a..b).unwrap_or_default(),
+            },
+            ListPart {
+                codes: &t.codes,
+                rows: &t.rows,
+                terms: &t.terms,
+            },
+        ]
     }
 
     /// Adds vectors, encoded with the existing codebooks; visible to the next search.
@@ -295,42 +340,37 @@ impl IvfPqIndex {
         self.provenance = p;
     }
 
-    /// Bytes per key of the searched structures (codes + list row numbers).
+    /// Bytes per key of the searched structures: code, list row number and, for L2, the
+    /// code's distance term.
     pub fn code_bytes_per_key(&self) -> usize {
-        self.params.m + 8
+        self.params.m + 8 + if self.rows.metric == Metric::L2 { 4 } else { 0 }
     }
 
     /// Top candidates (score, row) of one prepared query over its probed lists.
+    ///
+    /// A probe's base score is the coarse one (−‖q − c‖² for L2), and the table holds ⟨q_j, b⟩
+    /// for every sub-quantiser j and codeword b (doubled for L2), so that a code's score is
+    /// `base + Σ_j table[j][code_j]`, minus the code's term for L2: −‖q − c − r̂‖² in all.
     fn scan_query(&self, q: &[f32], probes: Vec<(f32, u64)>, cap: usize, s: &mut Scratch) -> TopK {
-        let (m, dim) = (self.params.m, self.rows.dim);
-        let l2 = self.rows.metric == Metric::L2;
-        pq::ip_table(&self.books_t, self.dsub(), q, &mut s.qtab);
+        let m = self.params.m;
+        pq::ip_table(&self.books_t, self.dsub(), q, &mut s.table);
+        if self.rows.metric == Metric::L2 {
+            s.table.iter_mut().for_each(|x| *x *= 2.0);
+        }
         let mut top = TopK::new(cap);
         for (base, list) in probes {
-            let l = list as usize;
-            let ((c0, c1), (r0, r1)) = self.list(l);
-            if r0.is_empty() && r1.is_empty() {
-                continue;
-            }
-            // Inner product: the query's table serves every list. L2: 2⟨q, r⟩ − the list's term.
-            let table = if l2 {
-                let term = match &self.terms {
-                    Some(t) => &t[l * m * KSUB..(l + 1) * m * KSUB],
-                    None => {
-                        let c = &self.centroids[l * dim..(l + 1) * dim];
-                        pq::l2_term(&self.books_t, self.dsub(), c, &mut s.term);
-                        &s.term
-                    }
-                };
-                kernel::twice_minus(&s.qtab, term, &mut s.table);
-                &s.table
-            } else {
-                &s.qtab
-            };
-            for (codes, rows) in [(c0, r0), (c1, r1)] {
-                for (codes, rows) in codes.chunks(m * ADC_BLOCK).zip(rows.chunks(ADC_BLOCK)) {
+            for part in self.list(list as usize) {
+                for (b0, rows) in (0..part.rows.len())
+                    .step_by(ADC_BLOCK)
+                    .zip(part.rows.chunks(ADC_BLOCK))
+                {
                     let dists = &mut s.dists[..rows.len()];
-                    pq::adc_many(table, codes, m, dists);
+                    pq::adc_many(&s.table, &part.codes[b0 * m..], m, dists);
+                    if !part.terms.is_empty() {
+                        for (d, t) in dists.iter_mut().zip(&part.terms[b0..]) {
+                            *d -= t;
+                        }
+                    }
                     let mut thr = top.threshold();
                     for (&d, &row) in dists.iter().zip(rows) {
                         let score = base + d;
@@ -346,12 +386,10 @@ impl IvfPqIndex {
     }
 }
 
-/// Per-thread buffers of a search: the query's inner-product table, a list's distance table
-/// and term (when not precomputed), the key buffer of re-ranking and a block of distances.
+/// Per-thread buffers of a search: the query's distance table, the key buffer of re-ranking
+/// and a block of distances.
 struct Scratch {
-    qtab: Vec<f32>,
     table: Vec<f32>,
-    term: Vec<f32>,
     key: Vec<f32>,
     dists: Vec<f32>,
 }
@@ -359,9 +397,7 @@ struct Scratch {
 impl Scratch {
     fn new(m: usize, dim: usize) -> Self {
         Scratch {
-            qtab: vec![0f32; m * KSUB],
             table: vec![0f32; m * KSUB],
-            term: vec![0f32; m * KSUB],
             key: vec![0f32; dim],
             dists: vec![0f32; ADC_BLOCK],
         }
@@ -421,7 +457,14 @@ impl Index for IvfPqIndex {
                         } else {
                             0.0
                         };
-                        for (_, row) in cands.into_sorted() {
+                        let cands = cands.into_sorted();
+                        for &(_, row) in &cands[..cands.len().min(RERANK_AHEAD)] {
+                            self.rows.prefetch(row as usize);
+                        }
+                        for (i, &(_, row)) in cands.iter().enumerate() {
+                            if let Some(&(_, next)) = cands.get(i + RERANK_AHEAD) {
+                                self.rows.prefetch(next as usize);
+                            }
                             let r = row as usize;
                             top.push(self.rows.score(qv, qn, r, &mut s.key), self.rows.id(r));
                         }
@@ -446,5 +489,81 @@ impl std::fmt::Debug for IvfPqIndex {
             .field("params", &self.params)
             .field("live", &self.rows.live())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every code's score, computed the slow way: the list's centroid plus the decoded residual,
+    /// scored against the query by the metric (−‖q − x̂‖² for L2, ⟨q, x̂⟩ otherwise).
+    fn decoded_scores(idx: &IvfPqIndex, q: &[f32]) -> Vec<(f32, u64)> {
+        let (dim, dsub, m) = (idx.rows.dim, idx.dsub(), idx.params.m);
+        let mut out = Vec::new();
+        for l in 0..idx.params.nlist {
+            for part in idx.list(l) {
+                for (code, &row) in part.codes.chunks_exact(m).zip(part.rows) {
+                    let mut x = idx.centroids[l * dim..(l + 1) * dim].to_vec();
+                    for (j, &c) in code.iter().enumerate() {
+                        let b = &idx.books[(j * KSUB + c as usize) * dsub..][..dsub];
+                        for (xd, bd) in x[j * dsub..(j + 1) * dsub].iter_mut().zip(b) {
+                            *xd += bd;
+                        }
+                    }
+                    let s = match idx.rows.metric {
+                        Metric::L2 => -q.iter().zip(&x).map(|(a, b)| (a - b).powi(2)).sum::<f32>(),
+                        _ => q.iter().zip(&x).map(|(a, b)| a * b).sum(),
+                    };
+                    out.push((s, idx.rows.id(row as usize)));
+                }
+            }
+        }
+        out.sort_by(|a, b| b.0.total_cmp(&a.0));
+        out
+    }
+
+    #[test]
+    fn scores_are_distances_to_the_decoded_vectors() {
+        let (dim, n) = (24, 3000);
+        let mut rng = Rng::new(5);
+        let keys: Vec<f32> = (0..n * dim).map(|_| rng.normal()).collect();
+        let ids: Vec<u64> = (0..n as u64).map(|i| 7 * i + 3).collect();
+        let queries: Vec<f32> = (0..4 * dim).map(|_| rng.normal()).collect();
+        for metric in [Metric::L2, Metric::InnerProduct] {
+            let mut idx = IvfPqIndex::build(
+                dim,
+                metric,
+                KeyType::F32,
+                &keys,
+                &ids,
+                &IvfPqParams::new(8, 6, 2),
+            )
+            .unwrap();
+            // Appended rows live in the list tails until the next save: score them too.
+            let extra: Vec<f32> = (0..50 * dim).map(|_| rng.normal()).collect();
+            idx.append(&extra, &(0..50).map(|i| 100_000 + i).collect::<Vec<_>>())
+                .unwrap();
+            let all = SearchParams {
+                nprobe: 8,
+                rerank: None,
+            };
+            let k = 40;
+            let hits = idx.search(&queries, k, &all).unwrap();
+            for (qi, q) in queries.chunks_exact(dim).enumerate() {
+                let want = decoded_scores(&idx, q);
+                for (i, (got, (ws, _))) in hits.scores[qi * k..(qi + 1) * k]
+                    .iter()
+                    .zip(&want)
+                    .enumerate()
+                {
+                    let tol = 1e-4 * ws.abs().max(1.0);
+                    assert!(
+                        (got - ws).abs() <= tol,
+                        "{metric} query {qi} rank {i}: {got} vs {ws}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -227,11 +227,14 @@ pub(crate) fn dots_transposed(t: &[f32], x: &[f32], out: &mut [f32]) {
     dots_transposed_generic(t, x, out)
 }
 
-/// `out[i] = 2·a[i] − b[i]` (an L2 distance table from an inner-product table and a term).
-pub(crate) fn twice_minus(a: &[f32], b: &[f32], out: &mut [f32]) {
-    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-        *o = 2.0 * x - y;
-    }
+/// Asks the CPU to start loading the cache line that holds `p` (a hint: no effect off x86-64).
+#[inline(always)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    // SAFETY: SSE is part of every x86-64 CPU, and a prefetch never faults, whatever the address.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
 }
 
 /// The first position of the largest value of `v` (not empty, no NaN) and that value; the

@@ -313,9 +313,8 @@ impl IvfPqIndex {
         let mut codes = Vec::new();
         let mut list_rows = Vec::new();
         for l in 0..p.nlist {
-            let ((c0, c1), (r0, r1)) = self.list(l);
-            for (cs, rs) in [(c0, r0), (c1, r1)] {
-                for (code, &r) in cs.chunks_exact(p.m).zip(rs) {
+            for part in self.list(l) {
+                for (code, &r) in part.codes.chunks_exact(p.m).zip(part.rows) {
                     if let Some(nr) = remap[r as usize] {
                         codes.extend_from_slice(code);
                         list_rows.push(nr);

@@ -75,19 +75,21 @@ pub(crate) fn ip_table(books_t: &[f32], dsub: usize, q: &[f32], table: &mut [f32
     }
 }
 
-/// `term[j·256 + c] = 2⟨centroid_j, book_j[c]⟩ + ‖book_j[c]‖²`: the query-independent part
-/// of an L2 distance table for one inverted list (from transposed codebooks).
-pub(crate) fn l2_term(books_t: &[f32], dsub: usize, centroid: &[f32], term: &mut [f32]) {
-    ip_table(books_t, dsub, centroid, term);
-    for (t, bj) in term
-        .chunks_exact_mut(KSUB)
-        .zip(books_t.chunks_exact(dsub * KSUB))
-    {
-        for (c, x) in t.iter_mut().enumerate() {
-            let norm: f32 = (0..dsub).map(|d| bj[d * KSUB + c].powi(2)).sum();
-            *x = 2.0 * *x + norm;
-        }
-    }
+/// `2⟨centroid, r̂⟩ + ‖r̂‖²` for the residual r̂ that `code` decodes to (codebooks
+/// `m × 256 × dsub`): the query-independent part of an L2 distance, since
+/// `‖q − centroid − r̂‖² = ‖q − centroid‖² − 2⟨q, r̂⟩ + 2⟨centroid, r̂⟩ + ‖r̂‖²`.
+pub(crate) fn code_term(books: &[f32], dsub: usize, centroid: &[f32], code: &[u8]) -> f32 {
+    code.iter()
+        .zip(centroid.chunks_exact(dsub))
+        .enumerate()
+        .map(|(j, (&c, cj))| {
+            let b = &books[(j * KSUB + c as usize) * dsub..][..dsub];
+            b.iter()
+                .zip(cj)
+                .map(|(&x, &y)| x * (2.0 * y + x))
+                .sum::<f32>()
+        })
+        .sum()
 }
 
 /// Sum of table entries selected by `code` (one per sub-quantiser), four lanes at a time.
@@ -111,38 +113,54 @@ fn adc(table: &[f32], code: &[u8]) -> f32 {
     (acc[0] + acc[1]) + (acc[2] + acc[3]) + rest
 }
 
-/// Table sums of two codes at once (`m` a multiple of 8), reading each code eight bytes at a
-/// time: two codes in flight keep four sums independent, and word loads halve the loads per lookup.
+/// Table sums of two codes at once over the sub-quantisers of `table` (a multiple of 4 of them),
+/// four independent sums per code so that the additions overlap the table loads.
 #[inline]
 fn adc2(table: &[f32], x: &[u8], y: &[u8]) -> (f32, f32) {
-    let (mut a0, mut a1, mut b0, mut b1) = (0f32, 0f32, 0f32, 0f32);
+    let (mut a, mut b) = ([0f32; 4], [0f32; 4]);
     for ((t, cx), cy) in table
-        .chunks_exact(8 * KSUB)
-        .zip(x.chunks_exact(8))
-        .zip(y.chunks_exact(8))
+        .chunks_exact(4 * KSUB)
+        .zip(x.chunks_exact(4))
+        .zip(y.chunks_exact(4))
     {
-        let t: &[f32; 8 * KSUB] = t.try_into().expect("table group");
-        let wx = u64::from_le_bytes(cx.try_into().expect("code group"));
-        let wy = u64::from_le_bytes(cy.try_into().expect("code group"));
-        for i in (0..8).step_by(2) {
-            a0 += t[i * KSUB + ((wx >> (8 * i)) & 0xff) as usize];
-            b0 += t[i * KSUB + ((wy >> (8 * i)) & 0xff) as usize];
-            a1 += t[(i + 1) * KSUB + ((wx >> (8 * i + 8)) & 0xff) as usize];
-            b1 += t[(i + 1) * KSUB + ((wy >> (8 * i + 8)) & 0xff) as usize];
+        let t: &[f32; 4 * KSUB] = t.try_into().expect("table group");
+        let cx: &[u8; 4] = cx.try_into().expect("code group");
+        let cy: &[u8; 4] = cy.try_into().expect("code group");
+        for i in 0..4 {
+            a[i] += t[i * KSUB + cx[i] as usize];
+            b[i] += t[i * KSUB + cy[i] as usize];
         }
     }
-    (a0 + a1, b0 + b1)
+    ((a[0] + a[1]) + (a[2] + a[3]), (b[0] + b[1]) + (b[2] + b[3]))
 }
 
+/// Sub-quantisers whose tables one pass over a block of codes reads: 32 KiB of f32 tables,
+/// the size of the L1 data cache. A single pass over all 64 tables of 576-d keys (64 KiB)
+/// would evict each table before its next use.
+const PASS: usize = 32;
+
 /// Table sums (asymmetric distances) of the `out.len()` codes of `m` bytes each in `codes`.
+/// With `m` a multiple of 4 the sums are taken in passes of `PASS` sub-quantisers, two codes
+/// at a time.
 pub(crate) fn adc_many(table: &[f32], codes: &[u8], m: usize, out: &mut [f32]) {
+    let n = out.len();
     let mut done = 0;
-    if m.is_multiple_of(8) {
-        for (o, c) in out.chunks_exact_mut(2).zip(codes.chunks_exact(2 * m)) {
-            let (x, y) = c.split_at(m);
-            (o[0], o[1]) = adc2(table, x, y);
-            done += 2;
+    if m.is_multiple_of(4) {
+        for j0 in (0..m).step_by(PASS) {
+            let j1 = (j0 + PASS).min(m);
+            let t = &table[j0 * KSUB..j1 * KSUB];
+            for (o, c) in out.chunks_exact_mut(2).zip(codes.chunks_exact(2 * m)) {
+                let (x, y) = c.split_at(m);
+                let (dx, dy) = adc2(t, &x[j0..j1], &y[j0..j1]);
+                if j0 == 0 {
+                    (o[0], o[1]) = (dx, dy);
+                } else {
+                    o[0] += dx;
+                    o[1] += dy;
+                }
+            }
         }
+        done = n - n % 2;
     }
     for (o, code) in out[done..]
         .iter_mut()
@@ -160,7 +178,7 @@ mod tests {
     #[test]
     fn tables_and_distances_match_naive_sums() {
         let mut rng = Rng::new(11);
-        for (m, dsub) in [(8, 3), (12, 2), (16, 1)] {
+        for (m, dsub) in [(8, 3), (12, 2), (16, 1), (6, 2), (72, 1)] {
             let books: Vec<f32> = (0..m * KSUB * dsub).map(|_| rng.normal()).collect();
             let q: Vec<f32> = (0..m * dsub).map(|_| rng.normal()).collect();
             let mut table = vec![0f32; m * KSUB];

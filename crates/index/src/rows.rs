@@ -160,6 +160,20 @@ impl Rows {
         row_f32(s.keys.rows(), self.dim, i, out)
     }
 
+    /// Starts loading row `r`'s key, id and norm into the cache, so that a `score` of it a
+    /// little later does not wait on memory (re-ranking reads rows in random order).
+    #[inline]
+    pub fn prefetch(&self, r: usize) {
+        let (s, i) = self.locate(r);
+        for line in s.keys.row_bytes(self.dim, i, i + 1).chunks(64) {
+            kernel::prefetch(line.as_ptr());
+        }
+        kernel::prefetch(&s.ids[i]);
+        if let Some(n) = s.norms.get(i) {
+            kernel::prefetch(n);
+        }
+    }
+
     /// Exact score of a prepared query against row `r` (`buf` has `dim` floats of scratch).
     pub fn score(&self, q: &[f32], qnorm: f32, r: usize, buf: &mut [f32]) -> f32 {
         self.key(r, buf);
