@@ -276,7 +276,12 @@ impl IvfPqIndex {
             ListPart {
                 codes: &self.codes[a * m..b * m],
                 rows: &self.list_rows[a..b],
-                terms: self.terms.get(a..b).unwrap_or_default(),
+                // Empty for inner product and cosine; for L2 one term per listed code.
+                terms: if self.terms.is_empty() {
+                    &[]
+                } else {
+                    &self.terms[a..b]
+                },
             },
             ListPart {
                 codes: &t.codes,
