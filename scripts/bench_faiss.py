@@ -55,7 +55,8 @@ def main():
     ap.add_argument("--metric", choices=["ip", "l2", "cos"], required=True)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--ivf", action="append", default=[], help="nlist,m,nprobe")
+    ap.add_argument("--ivf", action="append", default=[],
+                    help="nlist,m,nprobe[,nbits]: nbits 4 is FAISS's fast-scan IVF-PQ")
     ap.add_argument("--rerank", type=int)
     ap.add_argument("--min-time", type=float, default=2.0,
                     help="seconds each queries/s figure is measured over, at least")
@@ -97,11 +98,15 @@ def main():
     emit(index="flat", build_s=build, bytes_per_key=(2 if a.stream else 4) * d, qps_1t=q1,
          qps_2t=q2, recall=1.0)
     for spec in a.ivf:
-        nlist, m, nprobe = map(int, spec.split(","))
+        nlist, m, nprobe, *rest = map(int, spec.split(","))
+        nbits = rest[0] if rest else 8
         faiss.omp_set_num_threads(2)
         t = time.perf_counter()
         quant = faiss.IndexFlat(d, mt)
-        ivf = faiss.IndexIVFPQ(quant, d, nlist, m, 8, mt)
+        if nbits == 4:
+            ivf = faiss.IndexIVFPQFastScan(quant, d, nlist, m, 4, mt)
+        else:
+            ivf = faiss.IndexIVFPQ(quant, d, nlist, m, nbits, mt)
         ivf.cp.seed = 1
         if a.stream:
             sample = np.random.default_rng(1).choice(n, min(n, max(64 * nlist, 16384)), replace=False)
@@ -123,8 +128,9 @@ def main():
                 index.k_factor = rr / a.k
             q1, got = qps(index, xq, a.k, a.batch, 1, a.min_time)
             q2, _ = qps(index, xq, a.k, a.batch, 2, a.min_time)
-            emit(index="ivfpq", nlist=nlist, m=m, nprobe=nprobe, rerank=rr, build_s=build,
-                 bytes_per_key=m + 8, qps_1t=q1, qps_2t=q2, recall=recall(got, exact))
+            emit(index="ivfpq", nlist=nlist, m=m, nbits=nbits, nprobe=nprobe, rerank=rr,
+                 build_s=build, bytes_per_key=m * nbits // 8 + 8, qps_1t=q1, qps_2t=q2,
+                 recall=recall(got, exact))
 
 
 if __name__ == "__main__":

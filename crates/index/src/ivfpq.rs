@@ -1,15 +1,18 @@
 //! IVF-PQ: a coarse k-means quantiser with `nlist` inverted lists holding residual product-quantised
 //! codes, scanned with asymmetric distance tables; optional exact re-ranking from the full keys.
+//! Codes are 8-bit (one byte per sub-quantiser, f32 tables) or 4-bit (blocks of 32 codes scanned
+//! with byte tables, `fastscan`).
 
 use rayon::prelude::*;
 
 use crate::array::Array;
 use crate::error::{IndexError, Result};
+use crate::fastscan::{self, ByteTables};
 use crate::flat::{self, check_ids, check_queries};
 use crate::kernel;
 use crate::kmeans;
 use crate::metric::{KeyType, Metric};
-use crate::pq::{self, KSUB};
+use crate::pq;
 use crate::rng::Rng;
 use crate::rows::Rows;
 use crate::topk::TopK;
@@ -20,8 +23,10 @@ use crate::{Hits, Index, SearchParams};
 pub struct IvfPqParams {
     /// Number of inverted lists (coarse centroids).
     pub nlist: usize,
-    /// Number of PQ sub-quantisers (must divide the dimension); 8 bits each.
+    /// Number of PQ sub-quantisers (must divide the dimension).
     pub m: usize,
+    /// Bits per sub-quantiser code: 8, or 4 (`m` even, at most 256) for the fast byte-table scan.
+    pub nbits: u32,
     /// Seed of every random choice in training.
     pub seed: u64,
     /// Most vectors sampled for training.
@@ -31,15 +36,83 @@ pub struct IvfPqParams {
 }
 
 impl IvfPqParams {
-    /// Parameters with the default sample size (64 per list, at least 16k) and 12 iterations.
+    /// 8-bit codes with the default sample size (64 per list, at least 16k) and 12 iterations.
     pub fn new(nlist: usize, m: usize, seed: u64) -> Self {
         IvfPqParams {
             nlist,
             m,
+            nbits: 8,
             seed,
             max_train: (64 * nlist).max(16_384),
             iters: 12,
         }
+    }
+
+    /// The same parameters with `nbits`-bit codes.
+    pub fn with_nbits(self, nbits: u32) -> Self {
+        IvfPqParams { nbits, ..self }
+    }
+
+    /// Why these parameters cannot index vectors of `dim`, if they cannot.
+    pub(crate) fn check(&self, dim: usize) -> std::result::Result<(), String> {
+        let (m, nbits) = (self.m, self.nbits);
+        if self.nlist == 0 {
+            return Err("nlist must be at least 1".into());
+        }
+        if m == 0 || !dim.is_multiple_of(m) {
+            return Err(format!("m = {m} does not divide dim {dim}"));
+        }
+        match nbits {
+            8 => Ok(()),
+            4 if m.is_multiple_of(2) && m <= fastscan::MAX_M => Ok(()),
+            4 => Err(format!(
+                "4-bit codes need an even m of at most {}, got {m}",
+                fastscan::MAX_M
+            )),
+            _ => Err(format!("nbits must be 8 or 4, got {nbits}")),
+        }
+    }
+
+    /// Whether codes are 4-bit, stored in blocks for the byte-table scan.
+    fn blocked(&self) -> bool {
+        self.nbits == 4
+    }
+
+    /// Bytes holding `n` codes of one list.
+    pub(crate) fn list_bytes(&self, n: usize) -> usize {
+        if self.blocked() {
+            fastscan::blocks_bytes(n, self.m)
+        } else {
+            n * self.m
+        }
+    }
+
+    /// Appends `code` (`m` unpacked values) to a list's `codes` that hold `len` codes.
+    fn push_code(&self, codes: &mut Vec<u8>, len: usize, code: &[u8]) {
+        if self.blocked() {
+            fastscan::push(codes, len, code);
+        } else {
+            codes.extend_from_slice(code);
+        }
+    }
+
+    /// Code number `i` of a list's `codes`, unpacked into `out` (`m` bytes).
+    fn code(&self, codes: &[u8], i: usize, out: &mut [u8]) {
+        if self.blocked() {
+            fastscan::get(codes, i, out);
+        } else {
+            out.copy_from_slice(&codes[i * self.m..(i + 1) * self.m]);
+        }
+    }
+
+    /// Byte offset of every list's codes given the list offsets (`nlist + 1` of them).
+    pub(crate) fn code_starts(&self, offsets: &[u64]) -> Vec<usize> {
+        let mut starts = vec![0];
+        for w in offsets.windows(2) {
+            let last = starts[starts.len() - 1];
+            starts.push(last + self.list_bytes((w[1] - w[0]) as usize));
+        }
+        starts
     }
 }
 
@@ -60,9 +133,11 @@ pub struct IvfPqIndex {
     pub(crate) centroids: Array<f32>,
     coarse: Rows,
     pub(crate) books: Array<f32>,
-    /// `books` transposed to `m × dsub × 256`, for building distance tables.
+    /// `books` transposed to `m × dsub × ksub`, for building distance tables.
     books_t: Vec<f32>,
     pub(crate) offsets: Array<u64>,
+    /// Byte offset of each list's codes in `codes` (`nlist + 1`).
+    code_starts: Vec<usize>,
     pub(crate) codes: Array<u8>,
     pub(crate) list_rows: Array<u64>,
     /// For L2, each listed code's query-independent distance term (`pq::code_term`), in list
@@ -80,8 +155,8 @@ struct Tail {
     terms: Vec<f32>,
 }
 
-/// A run of one inverted list's entries: codes (`m` bytes each), row numbers and, for L2,
-/// distance terms.
+/// A run of one inverted list's entries: codes (`m` bytes each, or blocks of 4-bit codes), row
+/// numbers and, for L2, distance terms.
 #[derive(Clone, Copy)]
 pub(crate) struct ListPart<'a> {
     pub codes: &'a [u8],
@@ -114,13 +189,12 @@ impl IvfPqIndex {
     ) -> Result<Self> {
         let dim = rows.dim;
         let (nlist, m) = (params.nlist, params.m);
-        if m == 0 || !dim.is_multiple_of(m) {
-            return Err(IndexError::invalid(format!(
-                "IVF-PQ: m = {m} does not divide dim {dim}"
-            )));
-        }
+        params
+            .check(dim)
+            .map_err(|e| IndexError::invalid(format!("IVF-PQ: {e}")))?;
         let n = rows.len();
-        let need = nlist.max(KSUB);
+        let ksub = pq::ksub(params.nbits);
+        let need = nlist.max(ksub);
         if nlist == 0 || n < need {
             return Err(IndexError::invalid(format!(
                 "IVF-PQ with nlist {nlist} needs at least {need} vectors to train, got {n}"
@@ -133,7 +207,7 @@ impl IvfPqIndex {
         let centroids = kmeans::kmeans(&sample, dim, nlist, params.iters, params.seed)?;
         let coarse = kmeans::centroid_rows(&centroids, dim, rows.metric.kernel());
         let residuals = residuals(&centroids, dim, &sample, &kmeans::assign(&coarse, &sample));
-        let books = pq::train(&residuals, dim, m, params.iters, params.seed ^ 0x5051)?;
+        let books = pq::train(&residuals, dim, m, ksub, params.iters, params.seed ^ 0x5051)?;
         let mut idx = IvfPqIndex {
             params: params.clone(),
             centroids: centroids.into(),
@@ -141,6 +215,7 @@ impl IvfPqIndex {
             books: books.into(),
             books_t: Vec::new(),
             offsets: vec![0u64; nlist + 1].into(),
+            code_starts: vec![0; nlist + 1],
             codes: Array::default(),
             list_rows: Array::default(),
             terms: Vec::new(),
@@ -154,7 +229,7 @@ impl IvfPqIndex {
             progress(r1, n);
         }
         idx.flatten_lists();
-        idx.books_t = pq::transpose_books(&idx.books, idx.dsub());
+        idx.books_t = pq::transpose_books(&idx.books, idx.dsub(), ksub);
         Ok(idx)
     }
 
@@ -171,13 +246,15 @@ impl IvfPqIndex {
         provenance: serde_json::Value,
     ) -> Self {
         let coarse = kmeans::centroid_rows(&centroids, rows.dim, rows.metric.kernel());
+        let books_t = pq::transpose_books(&books, rows.dim / params.m, pq::ksub(params.nbits));
         let mut idx = IvfPqIndex {
             tails: vec![Tail::default(); params.nlist],
+            code_starts: params.code_starts(&offsets),
             params,
             centroids,
             coarse,
             books,
-            books_t: Vec::new(),
+            books_t,
             offsets,
             codes,
             list_rows,
@@ -185,7 +262,6 @@ impl IvfPqIndex {
             provenance,
             rows,
         };
-        idx.books_t = pq::transpose_books(&idx.books, idx.dsub());
         idx.terms = idx.listed_terms();
         idx
     }
@@ -212,7 +288,7 @@ impl IvfPqIndex {
                 self.tails[l].terms.push(term);
             }
             let t = &mut self.tails[l];
-            t.codes.extend_from_slice(code);
+            self.params.push_code(&mut t.codes, t.rows.len(), code);
             t.rows.push((r0 + i) as u64);
         }
     }
@@ -229,14 +305,16 @@ impl IvfPqIndex {
         if self.rows.metric != Metric::L2 {
             return Vec::new();
         }
-        let m = self.params.m;
         let per_list: Vec<Vec<f32>> = (0..self.params.nlist)
             .into_par_iter()
             .map(|l| {
-                let (a, b) = (self.offsets[l] as usize, self.offsets[l + 1] as usize);
-                self.codes[a * m..b * m]
-                    .chunks_exact(m)
-                    .map(|code| self.code_term(l, code))
+                let part = &self.list(l)[0];
+                let mut code = vec![0u8; self.params.m];
+                (0..part.rows.len())
+                    .map(|i| {
+                        self.params.code(part.codes, i, &mut code);
+                        self.code_term(l, &code)
+                    })
                     .collect()
             })
             .collect();
@@ -245,21 +323,13 @@ impl IvfPqIndex {
 
     /// Moves every list tail into the contiguous list arrays.
     fn flatten_lists(&mut self) {
-        let m = self.params.m;
-        let mut offsets = Vec::with_capacity(self.params.nlist + 1);
-        let mut codes = Vec::new();
-        let mut list_rows = Vec::new();
-        let mut terms = Vec::new();
-        offsets.push(0);
-        for l in 0..self.params.nlist {
-            for part in self.list(l) {
-                codes.extend_from_slice(part.codes);
-                list_rows.extend_from_slice(part.rows);
-                terms.extend_from_slice(part.terms);
-            }
-            offsets.push(list_rows.len() as u64);
-        }
-        debug_assert_eq!(codes.len(), list_rows.len() * m);
+        let (offsets, codes, list_rows) = self.merged_lists(&|r| Some(r));
+        // Empty unless L2, in the same list order as the codes.
+        let terms: Vec<f32> = (0..self.params.nlist)
+            .flat_map(|l| self.list(l))
+            .flat_map(|part| part.terms.iter().copied())
+            .collect();
+        self.code_starts = self.params.code_starts(&offsets);
         self.offsets = offsets.into();
         self.codes = codes.into();
         self.list_rows = list_rows.into();
@@ -267,14 +337,44 @@ impl IvfPqIndex {
         self.tails = vec![Tail::default(); self.params.nlist];
     }
 
+    /// Every list's entries (contiguous part, then tail) as (offsets, codes, rows), each row
+    /// renumbered by `renumber` and dropped where it gives `None`.
+    pub(crate) fn merged_lists(
+        &self,
+        renumber: &dyn Fn(u64) -> Option<u64>,
+    ) -> (Vec<u64>, Vec<u8>, Vec<u64>) {
+        let p = &self.params;
+        let mut offsets = Vec::with_capacity(p.nlist + 1);
+        let mut codes = Vec::new();
+        let mut rows = Vec::new();
+        let mut code = vec![0u8; p.m];
+        offsets.push(0);
+        for l in 0..p.nlist {
+            let mut list = Vec::new();
+            let mut len = 0;
+            for part in self.list(l) {
+                for (i, &r) in part.rows.iter().enumerate() {
+                    if let Some(nr) = renumber(r) {
+                        p.code(part.codes, i, &mut code);
+                        p.push_code(&mut list, len, &code);
+                        rows.push(nr);
+                        len += 1;
+                    }
+                }
+            }
+            codes.extend_from_slice(&list);
+            offsets.push(rows.len() as u64);
+        }
+        (offsets, codes, rows)
+    }
+
     /// The entries of list `l`: its contiguous part and its appended tail.
     pub(crate) fn list(&self, l: usize) -> [ListPart<'_>; 2] {
         let (a, b) = (self.offsets[l] as usize, self.offsets[l + 1] as usize);
-        let m = self.params.m;
         let t = &self.tails[l];
         [
             ListPart {
-                codes: &self.codes[a * m..b * m],
+                codes: &self.codes[self.code_starts[l]..self.code_starts[l + 1]],
                 rows: &self.list_rows[a..b],
                 // Empty for inner product and cosine; for L2 one term per listed code.
                 terms: if self.terms.is_empty() {
@@ -346,9 +446,11 @@ impl IvfPqIndex {
     }
 
     /// Bytes per key of the searched structures: code, list row number and, for L2, the
-    /// code's distance term.
+    /// code's distance term (block padding of 4-bit codes not counted).
     pub fn code_bytes_per_key(&self) -> usize {
-        self.params.m + 8 + if self.rows.metric == Metric::L2 { 4 } else { 0 }
+        self.params.m * self.params.nbits as usize / 8
+            + 8
+            + if self.rows.metric == Metric::L2 { 4 } else { 0 }
     }
 
     /// Top candidates (score, row) of one prepared query over its probed lists.
@@ -356,12 +458,18 @@ impl IvfPqIndex {
     /// A probe's base score is the coarse one (−‖q − c‖² for L2), and the table holds ⟨q_j, b⟩
     /// for every sub-quantiser j and codeword b (doubled for L2), so that a code's score is
     /// `base + Σ_j table[j][code_j]`, minus the code's term for L2: −‖q − c − r̂‖² in all.
+    /// 4-bit codes sum the table quantised to bytes (`ByteTables`) instead.
     fn scan_query(&self, q: &[f32], probes: Vec<(f32, u64)>, cap: usize, s: &mut Scratch) -> TopK {
         let m = self.params.m;
         pq::ip_table(&self.books_t, self.dsub(), q, &mut s.table);
         if self.rows.metric == Metric::L2 {
             s.table.iter_mut().for_each(|x| *x *= 2.0);
         }
+        let blocked = self.params.blocked();
+        if blocked {
+            s.bytes.quantise(&s.table);
+        }
+        let block_bytes = fastscan::block_bytes(m);
         let mut top = TopK::new(cap);
         for (base, list) in probes {
             for part in self.list(list as usize) {
@@ -370,7 +478,19 @@ impl IvfPqIndex {
                     .zip(part.rows.chunks(ADC_BLOCK))
                 {
                     let dists = &mut s.dists[..rows.len()];
-                    pq::adc_many(&s.table, &part.codes[b0 * m..], m, dists);
+                    if blocked {
+                        let nb = rows.len().div_ceil(fastscan::BLOCK);
+                        let first = b0 / fastscan::BLOCK * block_bytes;
+                        let sums = &mut s.sums[..nb * fastscan::BLOCK];
+                        let codes = &part.codes[first..first + nb * block_bytes];
+                        fastscan::scan(&s.bytes.lut, codes, m, sums);
+                        let (unit, bias) = (s.bytes.unit, s.bytes.bias);
+                        for (d, &x) in dists.iter_mut().zip(sums.iter()) {
+                            *d = bias + unit * x as f32;
+                        }
+                    } else {
+                        pq::adc_many(&s.table, &part.codes[b0 * m..], m, dists);
+                    }
                     if !part.terms.is_empty() {
                         for (d, t) in dists.iter_mut().zip(&part.terms[b0..]) {
                             *d -= t;
@@ -391,20 +511,24 @@ impl IvfPqIndex {
     }
 }
 
-/// Per-thread buffers of a search: the query's distance table, the key buffer of re-ranking
-/// and a block of distances.
+/// Per-thread buffers of a search: the query's distance table (and its bytes for 4-bit codes),
+/// the key buffer of re-ranking and a block of distances (and of byte-table sums).
 struct Scratch {
     table: Vec<f32>,
+    bytes: ByteTables,
     key: Vec<f32>,
     dists: Vec<f32>,
+    sums: Vec<u16>,
 }
 
 impl Scratch {
-    fn new(m: usize, dim: usize) -> Self {
+    fn new(p: &IvfPqParams, dim: usize) -> Self {
         Scratch {
-            table: vec![0f32; m * KSUB],
+            table: vec![0f32; p.m * pq::ksub(p.nbits)],
+            bytes: ByteTables::new(if p.blocked() { p.m } else { 0 }),
             key: vec![0f32; dim],
             dists: vec![0f32; ADC_BLOCK],
+            sums: vec![0u16; ADC_BLOCK],
         }
     }
 }
@@ -452,7 +576,7 @@ impl Index for IvfPqIndex {
             .par_chunks(dim)
             .zip(probes)
             .map_init(
-                || Scratch::new(self.params.m, dim),
+                || Scratch::new(&self.params, dim),
                 |s, (qv, probe)| {
                     let cands = self.scan_query(qv, probe.into_sorted(), cap, s);
                     let mut top = TopK::new(k);
@@ -505,13 +629,16 @@ mod tests {
     /// scored against the query by the metric (−‖q − x̂‖² for L2, ⟨q, x̂⟩ otherwise).
     fn decoded_scores(idx: &IvfPqIndex, q: &[f32]) -> Vec<(f32, u64)> {
         let (dim, dsub, m) = (idx.rows.dim, idx.dsub(), idx.params.m);
+        let ksub = pq::ksub(idx.params.nbits);
+        let mut code = vec![0u8; m];
         let mut out = Vec::new();
         for l in 0..idx.params.nlist {
             for part in idx.list(l) {
-                for (code, &row) in part.codes.chunks_exact(m).zip(part.rows) {
+                for (i, &row) in part.rows.iter().enumerate() {
+                    idx.params.code(part.codes, i, &mut code);
                     let mut x = idx.centroids[l * dim..(l + 1) * dim].to_vec();
                     for (j, &c) in code.iter().enumerate() {
-                        let b = &idx.books[(j * KSUB + c as usize) * dsub..][..dsub];
+                        let b = &idx.books[(j * ksub + c as usize) * dsub..][..dsub];
                         for (xd, bd) in x[j * dsub..(j + 1) * dsub].iter_mut().zip(b) {
                             *xd += bd;
                         }
@@ -528,34 +655,34 @@ mod tests {
         out
     }
 
-    #[test]
-    fn scores_are_distances_to_the_decoded_vectors() {
+    /// An index of random keys (8 lists, 6 sub-quantisers of `nbits`) with 50 rows appended,
+    /// which live in the list tails until the next save, and 4 queries.
+    fn appended_index(metric: Metric, nbits: u32) -> (IvfPqIndex, Vec<f32>) {
         let (dim, n) = (24, 3000);
         let mut rng = Rng::new(5);
         let keys: Vec<f32> = (0..n * dim).map(|_| rng.normal()).collect();
         let ids: Vec<u64> = (0..n as u64).map(|i| 7 * i + 3).collect();
         let queries: Vec<f32> = (0..4 * dim).map(|_| rng.normal()).collect();
-        for metric in [Metric::L2, Metric::InnerProduct] {
-            let mut idx = IvfPqIndex::build(
-                dim,
-                metric,
-                KeyType::F32,
-                &keys,
-                &ids,
-                &IvfPqParams::new(8, 6, 2),
-            )
+        let params = IvfPqParams::new(8, 6, 2).with_nbits(nbits);
+        let mut idx = IvfPqIndex::build(dim, metric, KeyType::F32, &keys, &ids, &params).unwrap();
+        let extra: Vec<f32> = (0..50 * dim).map(|_| rng.normal()).collect();
+        idx.append(&extra, &(0..50).map(|i| 100_000 + i).collect::<Vec<_>>())
             .unwrap();
-            // Appended rows live in the list tails until the next save: score them too.
-            let extra: Vec<f32> = (0..50 * dim).map(|_| rng.normal()).collect();
-            idx.append(&extra, &(0..50).map(|i| 100_000 + i).collect::<Vec<_>>())
-                .unwrap();
-            let all = SearchParams {
-                nprobe: 8,
-                rerank: None,
-            };
+        (idx, queries)
+    }
+
+    const ALL: SearchParams = SearchParams {
+        nprobe: 8,
+        rerank: None,
+    };
+
+    #[test]
+    fn scores_are_distances_to_the_decoded_vectors() {
+        for metric in [Metric::L2, Metric::InnerProduct] {
+            let (idx, queries) = appended_index(metric, 8);
             let k = 40;
-            let hits = idx.search(&queries, k, &all).unwrap();
-            for (qi, q) in queries.chunks_exact(dim).enumerate() {
+            let hits = idx.search(&queries, k, &ALL).unwrap();
+            for (qi, q) in queries.chunks_exact(idx.rows.dim).enumerate() {
                 let want = decoded_scores(&idx, q);
                 for (i, (got, (ws, _))) in hits.scores[qi * k..(qi + 1) * k]
                     .iter()
@@ -566,6 +693,40 @@ mod tests {
                     assert!(
                         (got - ws).abs() <= tol,
                         "{metric} query {qi} rank {i}: {got} vs {ws}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn four_bit_scores_are_decoded_distances_within_the_byte_tables_error() {
+        for metric in [Metric::L2, Metric::InnerProduct] {
+            let (idx, queries) = appended_index(metric, 4);
+            let (k, m) = (40, idx.params.m);
+            let hits = idx.search(&queries, k, &ALL).unwrap();
+            for (qi, q) in queries.chunks_exact(idx.rows.dim).enumerate() {
+                // The byte tables' rounding moves each entry by at most half a step.
+                let mut table = vec![0f32; m * 16];
+                pq::ip_table(&idx.books_t, idx.dsub(), q, &mut table);
+                let mut bytes = ByteTables::new(m);
+                bytes.quantise(&table);
+                let scale = if metric == Metric::L2 { 2.0 } else { 1.0 };
+                let want = decoded_scores(&idx, q);
+                let tol = 0.5 * scale * bytes.unit * m as f32 + 1e-3 * want[0].0.abs().max(1.0);
+                let decoded: std::collections::HashMap<u64, f32> =
+                    want.iter().map(|&(s, id)| (id, s)).collect();
+                let got = &hits.scores[qi * k..(qi + 1) * k];
+                let got_ids = &hits.ids[qi * k..(qi + 1) * k];
+                for (g, id) in got.iter().zip(got_ids) {
+                    let d = decoded[id];
+                    assert!(
+                        (g - d).abs() <= tol,
+                        "{metric} query {qi} id {id}: {g} vs {d}"
+                    );
+                    assert!(
+                        d >= want[k - 1].0 - 2.0 * tol,
+                        "{metric} query {qi} id {id}"
                     );
                 }
             }

@@ -6,6 +6,7 @@
 mod array;
 pub mod builder;
 pub mod error;
+mod fastscan;
 pub mod flat;
 #[cfg(any(feature = "cuda", test))]
 mod gpu;

@@ -50,7 +50,7 @@ pub struct IvfPqMeta {
     pub nlist: usize,
     /// Sub-quantisers.
     pub m: usize,
-    /// Bits per sub-quantiser code (always 8).
+    /// Bits per sub-quantiser code: 8, or 4 (codes stored in blocks of 32 for the fast scan).
     pub nbits: u32,
     /// Training seed.
     pub seed: u64,
@@ -309,20 +309,7 @@ impl IvfPqIndex {
         write_rows(&mut w, &self.rows, keys)?;
         let p = &self.params;
         let remap = self.rows.compaction_map();
-        let mut offsets = vec![0u64];
-        let mut codes = Vec::new();
-        let mut list_rows = Vec::new();
-        for l in 0..p.nlist {
-            for part in self.list(l) {
-                for (code, &r) in part.codes.chunks_exact(p.m).zip(part.rows) {
-                    if let Some(nr) = remap[r as usize] {
-                        codes.extend_from_slice(code);
-                        list_rows.push(nr);
-                    }
-                }
-            }
-            offsets.push(list_rows.len() as u64);
-        }
+        let (offsets, codes, list_rows) = self.merged_lists(&|r| remap[r as usize]);
         w.array("centroids.f32", &self.centroids)?;
         w.array("codebooks.f32", &self.books)?;
         w.array("list_offsets.u64", &offsets)?;
@@ -331,7 +318,7 @@ impl IvfPqIndex {
         let meta = IvfPqMeta {
             nlist: p.nlist,
             m: p.m,
-            nbits: 8,
+            nbits: p.nbits,
             seed: p.seed,
             max_train: p.max_train,
             iters: p.iters,
@@ -549,23 +536,29 @@ fn load_rows(r: &DirReader<'_>) -> Result<Rows> {
 }
 
 fn load_ivfpq(r: &DirReader<'_>, rows: Rows, meta: &IvfPqMeta) -> Result<IvfPqIndex> {
-    let mpath = r.dir.join(MANIFEST);
     let m = r.manifest;
-    if meta.m == 0 || !m.dim.is_multiple_of(meta.m) || meta.nbits != 8 || meta.nlist == 0 {
-        return Err(IndexError::format(
-            &mpath,
+    let params = IvfPqParams {
+        nlist: meta.nlist,
+        m: meta.m,
+        nbits: meta.nbits,
+        seed: meta.seed,
+        max_train: meta.max_train,
+        iters: meta.iters,
+    };
+    params.check(m.dim).map_err(|e| {
+        IndexError::format(
+            &r.dir.join(MANIFEST),
             format!(
-                "field ivfpq: nlist {} / m {} / nbits {} invalid for dim {}",
+                "field ivfpq (nlist {}, m {}, nbits {}, dim {}): {e}",
                 meta.nlist, meta.m, meta.nbits, m.dim
             ),
-        ));
-    }
+        )
+    })?;
     let (nlist, dim, n) = (meta.nlist as u64, m.dim as u64, m.count);
     let centroids = r.array("centroids.f32", nlist * dim, "nlist × dim")?;
-    let books = r.array("codebooks.f32", 256 * dim, "256 × dim")?;
+    let ksub = 1u64 << meta.nbits;
+    let books = r.array("codebooks.f32", ksub * dim, &format!("{ksub} × dim"))?;
     let offsets: Array<u64> = r.array("list_offsets.u64", nlist + 1, "nlist + 1")?;
-    let codes = r.array("list_codes.u8", n * meta.m as u64, "count × m")?;
-    let list_rows: Array<u64> = r.array("list_rows.u64", n, "count")?;
     let opath = r.dir.join("list_offsets.u64");
     if offsets[0] != 0 || offsets.windows(2).any(|w| w[0] > w[1]) || offsets[meta.nlist] != n {
         return Err(IndexError::format(
@@ -573,19 +566,23 @@ fn load_ivfpq(r: &DirReader<'_>, rows: Rows, meta: &IvfPqMeta) -> Result<IvfPqIn
             format!("offsets are not non-decreasing from 0 to count = {n}"),
         ));
     }
+    let code_bytes = params.code_starts(&offsets)[meta.nlist] as u64;
+    let codes = r.array(
+        "list_codes.u8",
+        code_bytes,
+        if meta.nbits == 8 {
+            "count × m"
+        } else {
+            "Σ ⌈list length / 32⌉ × 16 · m"
+        },
+    )?;
+    let list_rows: Array<u64> = r.array("list_rows.u64", n, "count")?;
     if let Some(bad) = list_rows.iter().find(|&&x| x >= n) {
         return Err(IndexError::format(
             &r.dir.join("list_rows.u64"),
             format!("row {bad} out of range (count = {n})"),
         ));
     }
-    let params = IvfPqParams {
-        nlist: meta.nlist,
-        m: meta.m,
-        seed: meta.seed,
-        max_train: meta.max_train,
-        iters: meta.iters,
-    };
     Ok(IvfPqIndex::from_parts(
         rows,
         params,

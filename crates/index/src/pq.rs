@@ -1,4 +1,5 @@
-//! Product quantisation: `m` sub-spaces × 256 centroids (8-bit codes), trained by k-means.
+//! Product quantisation: `m` sub-spaces × `2^nbits` centroids (8-bit or 4-bit codes), trained by
+//! k-means; codes are unpacked here, one byte per sub-quantiser.
 
 use rayon::prelude::*;
 
@@ -6,8 +7,13 @@ use crate::error::Result;
 use crate::kernel;
 use crate::kmeans;
 
-/// Centroids per sub-quantiser (8-bit codes).
+/// Centroids per sub-quantiser of 8-bit codes (the width of the f32 tables scanned here).
 pub(crate) const KSUB: usize = 256;
+
+/// Centroids per sub-quantiser of `nbits`-bit codes.
+pub(crate) fn ksub(nbits: u32) -> usize {
+    1 << nbits
+}
 
 /// Sub-vectors `j` (`dsub` wide) of every row of `data`, gathered contiguously.
 fn subvectors(data: &[f32], dim: usize, dsub: usize, j: usize) -> Vec<f32> {
@@ -16,11 +22,12 @@ fn subvectors(data: &[f32], dim: usize, dsub: usize, j: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Trains codebooks (`m × 256 × dsub`) on `data` (`n × dim`).
+/// Trains codebooks (`m × ksub × dsub`) on `data` (`n × dim`).
 pub(crate) fn train(
     data: &[f32],
     dim: usize,
     m: usize,
+    ksub: usize,
     iters: usize,
     seed: u64,
 ) -> Result<Vec<f32>> {
@@ -29,21 +36,22 @@ pub(crate) fn train(
         .into_par_iter()
         .map(|j| {
             let sub = subvectors(data, dim, dsub, j);
-            kmeans::kmeans(&sub, dsub, KSUB, iters, seed.wrapping_add(1 + j as u64))
+            kmeans::kmeans(&sub, dsub, ksub, iters, seed.wrapping_add(1 + j as u64))
         })
         .collect::<Result<_>>()?;
     Ok(books.concat())
 }
 
-/// Codes (`n × m` bytes) of the rows of `data` (`n × dim`).
+/// Codes (`n × m` bytes) of the rows of `data` (`n × dim`), from codebooks `m × ksub × dsub`.
 pub(crate) fn encode(books: &[f32], dim: usize, m: usize, data: &[f32]) -> Vec<u8> {
     let dsub = dim / m;
+    let ksub = books.len() / (m * dsub);
     let n = data.len() / dim;
     let mut codes = vec![0u8; n * m];
     let per_sub: Vec<Vec<(u64, f32)>> = (0..m)
         .into_par_iter()
         .map(|j| {
-            let book = &books[j * KSUB * dsub..(j + 1) * KSUB * dsub];
+            let book = &books[j * ksub * dsub..(j + 1) * ksub * dsub];
             kmeans::assign_l2(book, dsub, &subvectors(data, dim, dsub, j))
         })
         .collect();
@@ -55,35 +63,38 @@ pub(crate) fn encode(books: &[f32], dim: usize, m: usize, data: &[f32]) -> Vec<u
     codes
 }
 
-/// Codebooks (`m × 256 × dsub`) transposed to `m × dsub × 256`, so that a distance table is
+/// Codebooks (`m × ksub × dsub`) transposed to `m × dsub × ksub`, so that a distance table is
 /// built from broadcasts over contiguous centroids.
-pub(crate) fn transpose_books(books: &[f32], dsub: usize) -> Vec<f32> {
+pub(crate) fn transpose_books(books: &[f32], dsub: usize, ksub: usize) -> Vec<f32> {
     books
-        .chunks_exact(KSUB * dsub)
+        .chunks_exact(ksub * dsub)
         .flat_map(|b| kernel::transpose(b, dsub))
         .collect()
 }
 
-/// `table[j·256 + c] = ⟨q_j, book_j[c]⟩` for one query, from transposed codebooks.
+/// `table[j·ksub + c] = ⟨q_j, book_j[c]⟩` for one query, from transposed codebooks
+/// (`ksub = table.len() / m`).
 pub(crate) fn ip_table(books_t: &[f32], dsub: usize, q: &[f32], table: &mut [f32]) {
+    let ksub = table.len() * dsub / q.len();
     for ((qj, bj), t) in q
         .chunks_exact(dsub)
-        .zip(books_t.chunks_exact(dsub * KSUB))
-        .zip(table.chunks_exact_mut(KSUB))
+        .zip(books_t.chunks_exact(dsub * ksub))
+        .zip(table.chunks_exact_mut(ksub))
     {
         kernel::dots_transposed(bj, qj, t);
     }
 }
 
 /// `2⟨centroid, r̂⟩ + ‖r̂‖²` for the residual r̂ that `code` decodes to (codebooks
-/// `m × 256 × dsub`): the query-independent part of an L2 distance, since
+/// `m × ksub × dsub`): the query-independent part of an L2 distance, since
 /// `‖q − centroid − r̂‖² = ‖q − centroid‖² − 2⟨q, r̂⟩ + 2⟨centroid, r̂⟩ + ‖r̂‖²`.
 pub(crate) fn code_term(books: &[f32], dsub: usize, centroid: &[f32], code: &[u8]) -> f32 {
+    let ksub = books.len() / (code.len() * dsub);
     code.iter()
         .zip(centroid.chunks_exact(dsub))
         .enumerate()
         .map(|(j, (&c, cj))| {
-            let b = &books[(j * KSUB + c as usize) * dsub..][..dsub];
+            let b = &books[(j * ksub + c as usize) * dsub..][..dsub];
             b.iter()
                 .zip(cj)
                 .map(|(&x, &y)| x * (2.0 * y + x))
@@ -182,7 +193,7 @@ mod tests {
             let books: Vec<f32> = (0..m * KSUB * dsub).map(|_| rng.normal()).collect();
             let q: Vec<f32> = (0..m * dsub).map(|_| rng.normal()).collect();
             let mut table = vec![0f32; m * KSUB];
-            ip_table(&transpose_books(&books, dsub), dsub, &q, &mut table);
+            ip_table(&transpose_books(&books, dsub, KSUB), dsub, &q, &mut table);
             for j in 0..m {
                 for c in 0..KSUB {
                     let b = &books[(j * KSUB + c) * dsub..][..dsub];

@@ -42,32 +42,37 @@ fn round_trip_gives_identical_results() {
 
     let keys = clustered(3000, DIM, 10, 5);
     let ids: Vec<u64> = (0..3000).map(|i| i * 10).collect();
-    let ivf = IvfPqIndex::build(
-        DIM,
-        Metric::InnerProduct,
-        KeyType::F32,
-        &keys,
-        &ids,
-        &IvfPqParams::new(16, 8, 2),
-    )
-    .unwrap();
-    let d2 = tmp.path().join("ivf");
-    ivf.save(&d2).unwrap();
-    let opened = open_index(&d2, &OpenOptions::default()).unwrap();
-    for sp in [
-        SearchParams {
-            nprobe: 4,
-            rerank: None,
-        },
-        SearchParams {
-            nprobe: 4,
-            rerank: Some(50),
-        },
-    ] {
-        assert_eq!(
-            opened.search(&q, 10, &sp).unwrap(),
-            ivf.search(&q, 10, &sp).unwrap()
-        );
+    for (metric, nbits) in [(Metric::InnerProduct, 8), (Metric::L2, 4)] {
+        let params = IvfPqParams::new(16, 8, 2).with_nbits(nbits);
+        let mut ivf = IvfPqIndex::build(DIM, metric, KeyType::F32, &keys, &ids, &params).unwrap();
+        // Appended and deleted rows are merged into the saved lists.
+        ivf.append(
+            &q,
+            &(0..q.len() / DIM)
+                .map(|i| 1 + 10 * i as u64)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        assert_eq!(ivf.delete(&[0, 10, 2990]), 3);
+        let d2 = tmp.path().join(format!("ivf-{nbits}"));
+        ivf.save(&d2).unwrap();
+        let opened = open_index(&d2, &OpenOptions::default()).unwrap();
+        for sp in [
+            SearchParams {
+                nprobe: 4,
+                rerank: None,
+            },
+            SearchParams {
+                nprobe: 4,
+                rerank: Some(50),
+            },
+        ] {
+            assert_eq!(
+                opened.search(&q, 10, &sp).unwrap(),
+                ivf.search(&q, 10, &sp).unwrap(),
+                "{metric}, {nbits}-bit codes"
+            );
+        }
     }
 }
 
@@ -142,6 +147,29 @@ fn manifest_problems_are_named() {
     assert!(err(tmp.path()).contains("invalid JSON"));
     std::fs::remove_file(tmp.path().join(MANIFEST)).unwrap();
     assert!(err(tmp.path()).contains("manifest.json"));
+}
+
+#[test]
+fn ivfpq_code_width_problems_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = clustered(2000, DIM, 10, 5);
+    let ids: Vec<u64> = (0..2000).collect();
+    let p = IvfPqParams::new(8, 8, 2).with_nbits(4);
+    let ivf = IvfPqIndex::build(DIM, Metric::L2, KeyType::F32, &keys, &ids, &p).unwrap();
+    ivf.save(tmp.path()).unwrap();
+    edit_manifest(tmp.path(), |v| v["ivfpq"]["nbits"] = json!(5));
+    let e = err(tmp.path());
+    assert!(
+        e.contains("field ivfpq") && e.contains("nbits must be 8 or 4"),
+        "{e}"
+    );
+    // 4-bit blocks read as 8-bit codes: the codebooks are 16 times too small.
+    edit_manifest(tmp.path(), |v| v["ivfpq"]["nbits"] = json!(8));
+    let e = err(tmp.path());
+    assert!(
+        e.contains("codebooks.f32") && e.contains("256 × dim"),
+        "{e}"
+    );
 }
 
 #[test]

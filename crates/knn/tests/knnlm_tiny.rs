@@ -434,6 +434,7 @@ fn interrupted_build_resumes_to_the_same_datastore() {
     let ivf = IndexSpec::IvfPq {
         nlist: 4,
         m: 4,
+        nbits: 8,
         seed: 3,
     };
     let o = options(KeyKind::FinalHidden, ivf);

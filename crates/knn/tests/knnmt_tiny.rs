@@ -311,11 +311,12 @@ fn other_model_or_changed_corpus_is_refused_and_builds_resume() {
         Err(KnnError::Mismatch { msg, .. }) => assert!(msg.contains("model_sha256"), "{msg}"),
         r => panic!("expected a mismatch, got {:?}", r.err()),
     }
-    // Another index over the same chunks: re-indexed without running the model again.
+    // Another index (4-bit codes) over the same chunks: re-indexed without running the model again.
     let ivf = MtBuildOptions {
         index: IndexSpec::IvfPq {
             nlist: 4,
             m: 4,
+            nbits: 4,
             seed: 1,
         },
         ..build_options(4)

@@ -4,7 +4,7 @@
 //! ```text
 //! ralm-index-bench gen --n 200000 --nq 1000 --dim 384 --clusters 1000 --seed 1 --out keys.npy --queries q.npy [--f16]
 //! ralm-index-bench --keys keys.npy --queries q.npy --metric ip --k 10 --batch 100 \
-//!     [--key-type f16] [--ivf 1024,64,8]... [--rerank 100] [--min-time 2] [--json out.jsonl] \
+//!     [--key-type f16] [--ivf 1024,64,8[,4]]... [--rerank 100] [--min-time 2] [--json out.jsonl] \
 //!     [--stream DIR]
 //! ```
 //! `gen` writes the keys as it draws them, and `--stream DIR` memory-maps the keys and builds each
@@ -308,24 +308,20 @@ fn bench(a: &Args) -> Res<()> {
         "build_s": build, "bytes_per_key": dim * key_type.size(), "qps_1t": q1, "qps_2t": q2, "recall": 1.0,
     }))?;
     for spec in a.all("ivf") {
+        let bad = || format!("--ivf {spec:?}: expected nlist,m,nprobe[,nbits]");
         let p: Vec<usize> = spec
             .split(',')
-            .map(|x| {
-                x.parse()
-                    .map_err(|_| format!("--ivf {spec:?}: expected nlist,m,nprobe"))
-            })
+            .map(|x| x.parse().map_err(|_| bad()))
             .collect::<Res<_>>()?;
-        let [nlist, m, nprobe] = p[..] else {
-            return Err(format!("--ivf {spec:?}: expected nlist,m,nprobe"));
+        let (nlist, m, nprobe, nbits) = match p[..] {
+            [nlist, m, nprobe] => (nlist, m, nprobe, 8),
+            [nlist, m, nprobe, nbits] => (nlist, m, nprobe, nbits),
+            _ => return Err(bad()),
         };
-        let name = format!("ivfpq-{nlist}-{m}-{nprobe}");
+        let name = format!("ivfpq-{nlist}-{m}x{nbits}-{nprobe}");
         let t = Instant::now();
-        let idx = keys.build(
-            metric,
-            key_type,
-            IndexKind::IvfPq(IvfPqParams::new(nlist, m, 1)),
-            &name,
-        )?;
+        let params = IvfPqParams::new(nlist, m, 1).with_nbits(nbits as u32);
+        let idx = keys.build(metric, key_type, IndexKind::IvfPq(params), &name)?;
         let build = t.elapsed().as_secs_f64();
         let AnyIndex::IvfPq(ivf) = &idx else {
             return Err(format!("{name}: the builder did not make an IVF-PQ index"));
@@ -338,7 +334,7 @@ fn bench(a: &Args) -> Res<()> {
             emit(serde_json::json!({
                 "engine": "ralm", "index": "ivfpq", "metric": metric.to_string(), "key_type": key_type.to_string(),
                 "n": rows, "dim": dim, "nq": queries.rows, "k": k, "batch": batch,
-                "nlist": nlist, "m": m, "nprobe": nprobe, "rerank": rr,
+                "nlist": nlist, "m": m, "nbits": nbits, "nprobe": nprobe, "rerank": rr,
                 "build_s": build, "bytes_per_key": bytes_per_key, "qps_1t": q1, "qps_2t": q2,
                 "recall": recall(&hits, &exact),
             }))?;

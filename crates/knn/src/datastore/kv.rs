@@ -17,15 +17,23 @@ use std::path::{Path, PathBuf};
 pub enum IndexSpec {
     /// Exact search.
     Flat,
-    /// IVF-PQ with `nlist` lists and `m` sub-quantisers.
+    /// IVF-PQ with `nlist` lists and `m` sub-quantisers of `nbits` bits.
     IvfPq {
         /// Inverted lists.
         nlist: usize,
         /// PQ sub-quantisers.
         m: usize,
+        /// Bits per sub-quantiser code: 8, or 4 for the fast byte-table scan (8 when absent, as
+        /// in manifests written before 4-bit codes).
+        #[serde(default = "eight_bits")]
+        nbits: u32,
         /// Training seed.
         seed: u64,
     },
+}
+
+fn eight_bits() -> u32 {
+    8
 }
 
 /// Reads a JSON file, `None` when it does not exist.
@@ -147,9 +155,12 @@ impl Layout {
     pub fn build_index(&self, spec: IndexSpec, provenance: serde_json::Value) -> Result<u64> {
         let kind = match spec {
             IndexSpec::Flat => IndexKind::Flat,
-            IndexSpec::IvfPq { nlist, m, seed } => {
-                IndexKind::IvfPq(IvfPqParams::new(nlist, m, seed))
-            }
+            IndexSpec::IvfPq {
+                nlist,
+                m,
+                nbits,
+                seed,
+            } => IndexKind::IvfPq(IvfPqParams::new(nlist, m, seed).with_nbits(nbits)),
         };
         let mut builder = IndexBuilder::new(
             &self.dir.join("index"),

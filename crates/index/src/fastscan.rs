@@ -1,0 +1,270 @@
+//! 4-bit PQ codes in blocks of 32, scanned with byte-shuffle table lookups ("fast scan"): each
+//! sub-quantiser's 16 distances are quantised to bytes, so one 16-entry table fits a vector
+//! register and one shuffle looks up 16 codes at once; sums are kept in u16.
+//!
+//! Block layout (`block_bytes(m)` bytes for 32 codes of `m` sub-quantisers, `m` even): each pair
+//! of sub-quantisers (2p, 2p + 1) takes 32 bytes, the first 16 for sub-quantiser 2p and the last
+//! 16 for 2p + 1; byte b of each half holds code b in its low nibble and code b + 16 in its high
+//! nibble. The query's tables are laid out `m × 16` bytes, so the 32 table bytes of a pair line up
+//! with the pair's 32 code bytes.
+
+/// Codes per block.
+pub(crate) const BLOCK: usize = 32;
+/// Most sub-quantisers a u16 sum of byte table entries can hold (`m · 255 ≤ 65,535`).
+pub(crate) const MAX_M: usize = 256;
+
+/// Bytes of one block of `BLOCK` codes of `m` sub-quantisers.
+pub(crate) fn block_bytes(m: usize) -> usize {
+    BLOCK * m / 2
+}
+
+/// Bytes of the blocks holding `n` codes.
+pub(crate) fn blocks_bytes(n: usize, m: usize) -> usize {
+    n.div_ceil(BLOCK) * block_bytes(m)
+}
+
+/// Byte index and bit shift of sub-quantiser `j` of code `i` within its block.
+#[inline]
+fn nibble(i: usize, j: usize) -> (usize, u32) {
+    let i = i % BLOCK;
+    (
+        32 * (j / 2) + 16 * (j % 2) + i % 16,
+        if i < 16 { 0 } else { 4 },
+    )
+}
+
+/// Appends `code` (`m` values below 16) as code number `len` of the blocked list `blocks`.
+pub(crate) fn push(blocks: &mut Vec<u8>, len: usize, code: &[u8]) {
+    let m = code.len();
+    if len.is_multiple_of(BLOCK) {
+        blocks.resize(blocks.len() + block_bytes(m), 0);
+    }
+    let block = blocks.len() - block_bytes(m);
+    for (j, &c) in code.iter().enumerate() {
+        debug_assert!(c < 16);
+        let (b, shift) = nibble(len, j);
+        blocks[block + b] |= c << shift;
+    }
+}
+
+/// Code number `i` of the blocked list `blocks`, unpacked into `out` (`m` bytes).
+pub(crate) fn get(blocks: &[u8], i: usize, out: &mut [u8]) {
+    let block = &blocks[(i / BLOCK) * block_bytes(out.len())..];
+    for (j, o) in out.iter_mut().enumerate() {
+        let (b, shift) = nibble(i, j);
+        *o = (block[b] >> shift) & 15;
+    }
+}
+
+/// A query's tables quantised to bytes: an entry `t` of sub-quantiser `j` is
+/// `min_j + unit · lut[j·16 + c]`, so a code's table sum is `bias + unit · Σ lut`.
+pub(crate) struct ByteTables {
+    /// `m × 16` quantised entries.
+    pub lut: Vec<u8>,
+    /// Value of one quantisation step.
+    pub unit: f32,
+    /// Sum of every sub-quantiser's smallest entry.
+    pub bias: f32,
+}
+
+impl ByteTables {
+    /// Room for the tables of `m` sub-quantisers.
+    pub fn new(m: usize) -> Self {
+        ByteTables {
+            lut: vec![0; m * 16],
+            unit: 1.0,
+            bias: 0.0,
+        }
+    }
+
+    /// Quantises `table` (`m × 16` f32 entries) with one step for all sub-quantisers, the
+    /// widest range over 255 steps, rounding to the nearest step.
+    pub fn quantise(&mut self, table: &[f32]) {
+        let ranges: Vec<(f32, f32)> = table
+            .chunks_exact(16)
+            .map(|t| {
+                t.iter()
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+                        (a.min(x), b.max(x))
+                    })
+            })
+            .collect();
+        let widest = ranges.iter().map(|(a, b)| b - a).fold(0f32, f32::max);
+        self.unit = if widest > 0.0 { widest / 255.0 } else { 1.0 };
+        self.bias = ranges.iter().map(|r| r.0).sum();
+        let inv = 1.0 / self.unit;
+        for ((t, q), (lo, _)) in table
+            .chunks_exact(16)
+            .zip(self.lut.chunks_exact_mut(16))
+            .zip(&ranges)
+        {
+            for (x, y) in t.iter().zip(q) {
+                *y = ((x - lo) * inv).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+}
+
+/// Sums of quantised table entries of all 32 codes of each block in `blocks` (`m` even,
+/// at most `MAX_M`), into `out` (32 per block, in code order).
+pub(crate) fn scan(lut: &[u8], blocks: &[u8], m: usize, out: &mut [u16]) {
+    debug_assert!(m.is_multiple_of(2) && m <= MAX_M && lut.len() == m * 16);
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is present, and the kernel reads only whole blocks of `blocks`, pairs of
+        // `lut` and 32 entries of `out` per block, all within the slices.
+        unsafe { scan_avx2(lut, blocks, m, out) };
+        return;
+    }
+    scan_portable(lut, blocks, m, out);
+}
+
+/// `scan` one lookup at a time.
+fn scan_portable(lut: &[u8], blocks: &[u8], m: usize, out: &mut [u16]) {
+    let mut code = vec![0u8; m];
+    for (blk, o) in blocks
+        .chunks_exact(block_bytes(m))
+        .zip(out.chunks_exact_mut(BLOCK))
+    {
+        for (i, oi) in o.iter_mut().enumerate() {
+            get(blk, i, &mut code);
+            *oi = code
+                .iter()
+                .enumerate()
+                .map(|(j, &c)| lut[j * 16 + c as usize] as u16)
+                .sum();
+        }
+    }
+}
+
+/// `scan` with AVX2: per pair of sub-quantisers, two shuffles look up 64 entries (low and high
+/// nibbles), which are widened into four u16 accumulators (even and odd codes of each half).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scan_avx2(lut: &[u8], blocks: &[u8], m: usize, out: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let nib = _mm256_set1_epi8(0x0f);
+    let low = _mm256_set1_epi16(0x00ff);
+    for (blk, o) in blocks
+        .chunks_exact(block_bytes(m))
+        .zip(out.chunks_exact_mut(BLOCK))
+    {
+        let (mut a0, mut a1, mut a2, mut a3) = (
+            _mm256_setzero_si256(),
+            _mm256_setzero_si256(),
+            _mm256_setzero_si256(),
+            _mm256_setzero_si256(),
+        );
+        for p in 0..m / 2 {
+            let c = _mm256_loadu_si256(blk.as_ptr().add(32 * p) as *const __m256i);
+            let t = _mm256_loadu_si256(lut.as_ptr().add(32 * p) as *const __m256i);
+            let lo = _mm256_shuffle_epi8(t, _mm256_and_si256(c, nib));
+            let hi = _mm256_shuffle_epi8(t, _mm256_and_si256(_mm256_srli_epi16(c, 4), nib));
+            a0 = _mm256_add_epi16(a0, _mm256_and_si256(lo, low));
+            a1 = _mm256_add_epi16(a1, _mm256_srli_epi16(lo, 8));
+            a2 = _mm256_add_epi16(a2, _mm256_and_si256(hi, low));
+            a3 = _mm256_add_epi16(a3, _mm256_srli_epi16(hi, 8));
+        }
+        // Lane 0 holds the even sub-quantisers' sums, lane 1 the odd ones': add the halves.
+        let fold =
+            |a: __m256i| _mm_add_epi16(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+        let (even_lo, odd_lo, even_hi, odd_hi) = (fold(a0), fold(a1), fold(a2), fold(a3));
+        let dst = o.as_mut_ptr() as *mut __m128i;
+        _mm_storeu_si128(dst, _mm_unpacklo_epi16(even_lo, odd_lo));
+        _mm_storeu_si128(dst.add(1), _mm_unpackhi_epi16(even_lo, odd_lo));
+        _mm_storeu_si128(dst.add(2), _mm_unpacklo_epi16(even_hi, odd_hi));
+        _mm_storeu_si128(dst.add(3), _mm_unpackhi_epi16(even_hi, odd_hi));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn random_codes(rng: &mut Rng, n: usize, m: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|_| (0..m).map(|_| (rng.uniform() * 16.0) as u8 % 16).collect())
+            .collect()
+    }
+
+    #[test]
+    fn blocked_codes_read_back_as_written() {
+        let mut rng = Rng::new(3);
+        for m in [2, 6, 96] {
+            let codes = random_codes(&mut rng, 77, m);
+            let mut blocks = Vec::new();
+            for (i, c) in codes.iter().enumerate() {
+                push(&mut blocks, i, c);
+            }
+            assert_eq!(blocks.len(), blocks_bytes(77, m));
+            let mut out = vec![0u8; m];
+            for (i, c) in codes.iter().enumerate() {
+                get(&blocks, i, &mut out);
+                assert_eq!(&out, c, "m {m} code {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn scans_sum_the_table_entries_of_every_code() {
+        let mut rng = Rng::new(8);
+        for m in [2, 4, 10, 144, MAX_M] {
+            let n = 70;
+            let codes = random_codes(&mut rng, n, m);
+            let mut blocks = Vec::new();
+            for (i, c) in codes.iter().enumerate() {
+                push(&mut blocks, i, c);
+            }
+            // Entries up to 255 so that the widest sums reach the u16 limit at MAX_M.
+            let lut: Vec<u8> = (0..m * 16)
+                .map(|i| {
+                    if i % 5 == 0 {
+                        255
+                    } else {
+                        (rng.uniform() * 256.0) as u8
+                    }
+                })
+                .collect();
+            let nb = n.div_ceil(BLOCK);
+            for kernel in [scan, scan_portable] {
+                let mut out = vec![0u16; nb * BLOCK];
+                kernel(&lut, &blocks, m, &mut out);
+                for (i, c) in codes.iter().enumerate() {
+                    let want: u32 = c
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &x)| lut[j * 16 + x as usize] as u32)
+                        .sum();
+                    assert_eq!(out[i] as u32, want, "m {m} code {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn byte_tables_are_within_half_a_step_of_the_floats() {
+        let mut rng = Rng::new(4);
+        let m = 12;
+        let table: Vec<f32> = (0..m * 16).map(|_| 3.0 * rng.normal()).collect();
+        let mut bt = ByteTables::new(m);
+        bt.quantise(&table);
+        let code: Vec<u8> = (0..m).map(|j| (j * 5 % 16) as u8).collect();
+        let exact: f32 = code
+            .iter()
+            .enumerate()
+            .map(|(j, &c)| table[j * 16 + c as usize])
+            .sum();
+        let sum: u32 = code
+            .iter()
+            .enumerate()
+            .map(|(j, &c)| bt.lut[j * 16 + c as usize] as u32)
+            .sum();
+        let approx = bt.bias + bt.unit * sum as f32;
+        assert!(
+            (approx - exact).abs() <= 0.5 * bt.unit * m as f32 + 1e-4,
+            "{approx} vs {exact}"
+        );
+        assert!(bt.lut.contains(&255) && bt.lut.contains(&0));
+    }
+}
