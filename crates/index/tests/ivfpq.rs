@@ -7,6 +7,12 @@ use ralm_index::{Index, IvfPqIndex, IvfPqParams, KeyType, Metric, SearchParams};
 
 const N: usize = 10_000;
 const DIM: usize = 64;
+/// Every metric, with a key type each.
+const METRICS: [(Metric, KeyType); 3] = [
+    (Metric::InnerProduct, KeyType::F32),
+    (Metric::L2, KeyType::F16),
+    (Metric::Cosine, KeyType::F32),
+];
 
 fn data() -> (Vec<f32>, Vec<u64>, Vec<f32>) {
     let all = clustered(N + 100, DIM, 200, 11);
@@ -21,11 +27,7 @@ fn data() -> (Vec<f32>, Vec<u64>, Vec<f32>) {
 #[test]
 fn recall_at_10_on_clustered_data() {
     let (keys, ids, queries) = data();
-    for (metric, ty) in [
-        (Metric::InnerProduct, KeyType::F32),
-        (Metric::L2, KeyType::F16),
-        (Metric::Cosine, KeyType::F32),
-    ] {
+    for (metric, ty) in METRICS {
         let idx =
             IvfPqIndex::build(DIM, metric, ty, &keys, &ids, &IvfPqParams::new(32, 16, 1)).unwrap();
         let want = naive(metric, &stored(&keys, ty), &ids, &queries, DIM, 10);
@@ -49,11 +51,7 @@ fn recall_at_10_on_clustered_data() {
 #[test]
 fn recall_at_10_with_4_bit_codes() {
     let (keys, ids, queries) = data();
-    for (metric, ty) in [
-        (Metric::InnerProduct, KeyType::F32),
-        (Metric::L2, KeyType::F16),
-        (Metric::Cosine, KeyType::F32),
-    ] {
+    for (metric, ty) in METRICS {
         let params = IvfPqParams::new(32, 32, 1).with_nbits(4);
         let idx = IvfPqIndex::build(DIM, metric, ty, &keys, &ids, &params).unwrap();
         assert_eq!(
