@@ -453,23 +453,14 @@ impl IvfPqIndex {
             + if self.rows.metric == Metric::L2 { 4 } else { 0 }
     }
 
-    /// Top candidates (score, row) of one prepared query over its probed lists.
+    /// Top candidates (score, row) of one prepared query over its probed lists (8-bit codes).
     ///
     /// A probe's base score is the coarse one (−‖q − c‖² for L2), and the table holds ⟨q_j, b⟩
     /// for every sub-quantiser j and codeword b (doubled for L2), so that a code's score is
     /// `base + Σ_j table[j][code_j]`, minus the code's term for L2: −‖q − c − r̂‖² in all.
-    /// 4-bit codes sum the table quantised to bytes (`ByteTables`) instead.
     fn scan_query(&self, q: &[f32], probes: Vec<(f32, u64)>, cap: usize, s: &mut Scratch) -> TopK {
         let m = self.params.m;
-        pq::ip_table(&self.books_t, self.dsub(), q, &mut s.table);
-        if self.rows.metric == Metric::L2 {
-            s.table.iter_mut().for_each(|x| *x *= 2.0);
-        }
-        let blocked = self.params.blocked();
-        if blocked {
-            s.bytes.quantise(&s.table);
-        }
-        let block_bytes = fastscan::block_bytes(m);
+        self.query_table(q, &mut s.table);
         let mut top = TopK::new(cap);
         for (base, list) in probes {
             for part in self.list(list as usize) {
@@ -478,57 +469,156 @@ impl IvfPqIndex {
                     .zip(part.rows.chunks(ADC_BLOCK))
                 {
                     let dists = &mut s.dists[..rows.len()];
-                    if blocked {
-                        let nb = rows.len().div_ceil(fastscan::BLOCK);
-                        let first = b0 / fastscan::BLOCK * block_bytes;
-                        let sums = &mut s.sums[..nb * fastscan::BLOCK];
-                        let codes = &part.codes[first..first + nb * block_bytes];
-                        fastscan::scan(&s.bytes.lut, codes, m, sums);
-                        let (unit, bias) = (s.bytes.unit, s.bytes.bias);
-                        for (d, &x) in dists.iter_mut().zip(sums.iter()) {
-                            *d = bias + unit * x as f32;
-                        }
-                    } else {
-                        pq::adc_many(&s.table, &part.codes[b0 * m..], m, dists);
-                    }
-                    if !part.terms.is_empty() {
-                        for (d, t) in dists.iter_mut().zip(&part.terms[b0..]) {
-                            *d -= t;
-                        }
-                    }
-                    let mut thr = top.threshold();
-                    for (&d, &row) in dists.iter().zip(rows) {
-                        let score = base + d;
-                        if score >= thr && !self.rows.is_dead(row as usize) {
-                            top.push(score, row);
-                            thr = top.threshold();
-                        }
-                    }
+                    pq::adc_many(&s.table, &part.codes[b0 * m..], m, dists);
+                    offer(
+                        &mut top,
+                        base,
+                        dists,
+                        part.terms.get(b0..),
+                        rows,
+                        &self.rows,
+                    );
                 }
             }
         }
         top
     }
+
+    /// The query's table `⟨q_j, b⟩` (doubled for L2), as `scan_query` describes it.
+    fn query_table(&self, q: &[f32], table: &mut [f32]) {
+        pq::ip_table(&self.books_t, self.dsub(), q, table);
+        if self.rows.metric == Metric::L2 {
+            table.iter_mut().for_each(|x| *x *= 2.0);
+        }
+    }
+
+    /// Top candidates of every prepared query in `q` over its probed lists (4-bit codes), with
+    /// the tables of `scan_query` quantised to bytes. Each probed list is scanned once for all
+    /// the queries that probe it, a chunk of codes at a time, so its codes are read from memory
+    /// once per batch rather than once per query; lists are shared out between threads.
+    fn scan_lists(&self, q: &[f32], probes: Vec<TopK>, cap: usize) -> Vec<TopK> {
+        let (m, nq) = (self.params.m, probes.len());
+        let tables: Vec<ByteTables> = q
+            .par_chunks(self.rows.dim)
+            .map_init(
+                || vec![0f32; m * 16],
+                |t, qv| {
+                    self.query_table(qv, t);
+                    let mut b = ByteTables::new(m);
+                    b.quantise(t);
+                    b
+                },
+            )
+            .collect();
+        // (list, query, base score), grouped by list.
+        let mut visits: Vec<(u64, usize, f32)> = probes
+            .into_iter()
+            .enumerate()
+            .flat_map(|(qi, p)| p.into_sorted().into_iter().map(move |(b, l)| (l, qi, b)))
+            .collect();
+        visits.sort_unstable_by_key(|v| (v.0, v.1));
+        let lists: Vec<&[(u64, usize, f32)]> = visits.chunk_by(|a, b| a.0 == b.0).collect();
+        // One share of the lists per thread, dealt out in turn for balance: each share keeps its
+        // own candidates per query, so more shares would mean more thresholds starting at −∞.
+        let shares = rayon::current_num_threads().min(lists.len()).max(1);
+        let fresh = || vec![TopK::new(cap); nq];
+        (0..shares)
+            .into_par_iter()
+            .map(|share| {
+                let (mut tops, mut sums, mut dists) =
+                    (fresh(), vec![0u16; ADC_BLOCK], vec![0f32; ADC_BLOCK]);
+                for visits in lists.iter().skip(share).step_by(shares) {
+                    for part in self.list(visits[0].0 as usize) {
+                        self.scan_blocks(&part, visits, &tables, &mut tops, &mut sums, &mut dists);
+                    }
+                }
+                tops
+            })
+            .reduce(fresh, |mut a, b| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    x.merge(y);
+                }
+                a
+            })
+    }
+
+    /// Offers the 4-bit codes of `part` to the candidates of each of the `visits` (list, query,
+    /// base score), `ADC_BLOCK` codes at a time for all of them.
+    fn scan_blocks(
+        &self,
+        part: &ListPart<'_>,
+        visits: &[(u64, usize, f32)],
+        tables: &[ByteTables],
+        tops: &mut [TopK],
+        sums: &mut [u16],
+        dists: &mut [f32],
+    ) {
+        let (m, block) = (self.params.m, fastscan::BLOCK);
+        let block_bytes = fastscan::block_bytes(m);
+        for (b0, rows) in (0..part.rows.len())
+            .step_by(ADC_BLOCK)
+            .zip(part.rows.chunks(ADC_BLOCK))
+        {
+            let nb = rows.len().div_ceil(block);
+            let first = b0 / block * block_bytes;
+            let codes = &part.codes[first..first + nb * block_bytes];
+            let sums = &mut sums[..nb * block];
+            let dists = &mut dists[..rows.len()];
+            for &(_, qi, base) in visits {
+                let t = &tables[qi];
+                fastscan::scan(&t.lut, codes, m, sums);
+                for (d, &x) in dists.iter_mut().zip(sums.iter()) {
+                    *d = t.bias + t.unit * x as f32;
+                }
+                offer(
+                    &mut tops[qi],
+                    base,
+                    dists,
+                    part.terms.get(b0..),
+                    rows,
+                    &self.rows,
+                );
+            }
+        }
+    }
 }
 
-/// Per-thread buffers of a search: the query's distance table (and its bytes for 4-bit codes),
-/// the key buffer of re-ranking and a block of distances (and of byte-table sums).
+/// Offers `base + dists[i]` (minus `terms[i]` for L2, whose `terms` are non-empty) for each of
+/// `rows` to `top`, skipping deleted rows.
+fn offer(
+    top: &mut TopK,
+    base: f32,
+    dists: &mut [f32],
+    terms: Option<&[f32]>,
+    rows: &[u64],
+    all: &Rows,
+) {
+    if let Some(terms) = terms.filter(|t| !t.is_empty()) {
+        for (d, t) in dists.iter_mut().zip(terms) {
+            *d -= t;
+        }
+    }
+    let mut thr = top.threshold();
+    for (&d, &row) in dists.iter().zip(rows) {
+        let score = base + d;
+        if score >= thr && !all.is_dead(row as usize) {
+            top.push(score, row);
+            thr = top.threshold();
+        }
+    }
+}
+
+/// Per-thread buffers of an 8-bit search: the query's distance table and a block of distances.
 struct Scratch {
     table: Vec<f32>,
-    bytes: ByteTables,
-    key: Vec<f32>,
     dists: Vec<f32>,
-    sums: Vec<u16>,
 }
 
 impl Scratch {
-    fn new(p: &IvfPqParams, dim: usize) -> Self {
+    fn new(m: usize) -> Self {
         Scratch {
-            table: vec![0f32; p.m * pq::ksub(p.nbits)],
-            bytes: ByteTables::new(if p.blocked() { p.m } else { 0 }),
-            key: vec![0f32; dim],
+            table: vec![0f32; m * pq::KSUB],
             dists: vec![0f32; ADC_BLOCK],
-            sums: vec![0u16; ADC_BLOCK],
         }
     }
 }
@@ -572,13 +662,23 @@ impl Index for IvfPqIndex {
         let nprobe = params.nprobe.clamp(1, self.params.nlist);
         let probes = flat::scan(&self.coarse, &q, nprobe);
         let cap = params.rerank.map_or(k, |r| r.max(k));
+        let cands: Vec<TopK> = if self.params.blocked() {
+            self.scan_lists(&q, probes, cap)
+        } else {
+            q.par_chunks(dim)
+                .zip(probes)
+                .map_init(
+                    || Scratch::new(self.params.m),
+                    |s, (qv, probe)| self.scan_query(qv, probe.into_sorted(), cap, s),
+                )
+                .collect()
+        };
         let tops: Vec<TopK> = q
             .par_chunks(dim)
-            .zip(probes)
+            .zip(cands)
             .map_init(
-                || Scratch::new(&self.params, dim),
-                |s, (qv, probe)| {
-                    let cands = self.scan_query(qv, probe.into_sorted(), cap, s);
+                || vec![0f32; dim],
+                |key, (qv, cands)| {
                     let mut top = TopK::new(k);
                     if params.rerank.is_some() {
                         let qn = if self.rows.metric == Metric::L2 {
@@ -595,7 +695,7 @@ impl Index for IvfPqIndex {
                                 self.rows.prefetch(next as usize);
                             }
                             let r = row as usize;
-                            top.push(self.rows.score(qv, qn, r, &mut s.key), self.rows.id(r));
+                            top.push(self.rows.score(qv, qn, r, key), self.rows.id(r));
                         }
                     } else {
                         for (s, row) in cands.into_sorted() {
