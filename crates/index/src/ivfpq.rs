@@ -164,6 +164,17 @@ pub(crate) struct ListPart<'a> {
     terms: &'a [f32],
 }
 
+impl<'a> ListPart<'a> {
+    /// The L2 terms of entries `from..` (empty for the other metrics, which have none).
+    fn terms_from(&self, from: usize) -> &'a [f32] {
+        if self.terms.is_empty() {
+            &[]
+        } else {
+            &self.terms[from..]
+        }
+    }
+}
+
 impl IvfPqIndex {
     /// Trains on and indexes `vectors` (`n × dim`) with their `ids`, keeping full keys for re-ranking.
     pub fn build(
@@ -195,7 +206,7 @@ impl IvfPqIndex {
         let n = rows.len();
         let ksub = pq::ksub(params.nbits);
         let need = nlist.max(ksub);
-        if nlist == 0 || n < need {
+        if n < need {
             return Err(IndexError::invalid(format!(
                 "IVF-PQ with nlist {nlist} needs at least {need} vectors to train, got {n}"
             )));
@@ -212,8 +223,8 @@ impl IvfPqIndex {
             params: params.clone(),
             centroids: centroids.into(),
             coarse,
+            books_t: pq::transpose_books(&books, dim / m, ksub),
             books: books.into(),
-            books_t: Vec::new(),
             offsets: vec![0u64; nlist + 1].into(),
             code_starts: vec![0; nlist + 1],
             codes: Array::default(),
@@ -229,7 +240,6 @@ impl IvfPqIndex {
             progress(r1, n);
         }
         idx.flatten_lists();
-        idx.books_t = pq::transpose_books(&idx.books, idx.dsub(), ksub);
         Ok(idx)
     }
 
@@ -470,14 +480,7 @@ impl IvfPqIndex {
                 {
                     let dists = &mut s.dists[..rows.len()];
                     pq::adc_many(&s.table, &part.codes[b0 * m..], m, dists);
-                    offer(
-                        &mut top,
-                        base,
-                        dists,
-                        part.terms.get(b0..),
-                        rows,
-                        &self.rows,
-                    );
+                    offer(&mut top, base, dists, part.terms_from(b0), rows, &self.rows);
                 }
             }
         }
@@ -574,7 +577,7 @@ impl IvfPqIndex {
                     &mut tops[qi],
                     base,
                     dists,
-                    part.terms.get(b0..),
+                    part.terms_from(b0),
                     rows,
                     &self.rows,
                 );
@@ -583,20 +586,11 @@ impl IvfPqIndex {
     }
 }
 
-/// Offers `base + dists[i]` (minus `terms[i]` for L2, whose `terms` are non-empty) for each of
-/// `rows` to `top`, skipping deleted rows.
-fn offer(
-    top: &mut TopK,
-    base: f32,
-    dists: &mut [f32],
-    terms: Option<&[f32]>,
-    rows: &[u64],
-    all: &Rows,
-) {
-    if let Some(terms) = terms.filter(|t| !t.is_empty()) {
-        for (d, t) in dists.iter_mut().zip(terms) {
-            *d -= t;
-        }
+/// Offers `base + dists[i] − terms[i]` (`terms` empty but for L2) for each of `rows` to `top`,
+/// skipping deleted rows.
+fn offer(top: &mut TopK, base: f32, dists: &mut [f32], terms: &[f32], rows: &[u64], all: &Rows) {
+    for (d, t) in dists.iter_mut().zip(terms) {
+        *d -= t;
     }
     let mut thr = top.threshold();
     for (&d, &row) in dists.iter().zip(rows) {

@@ -16,6 +16,7 @@ use crate::error::{IndexError, Result};
 use crate::flat::FlatIndex;
 use crate::ivfpq::{IvfPqIndex, IvfPqParams};
 use crate::metric::{KeyType, Metric};
+use crate::pq;
 use crate::rows::{Keys, Rows, Segment};
 use crate::{Hits, Index, SearchParams};
 
@@ -556,7 +557,7 @@ fn load_ivfpq(r: &DirReader<'_>, rows: Rows, meta: &IvfPqMeta) -> Result<IvfPqIn
     })?;
     let (nlist, dim, n) = (meta.nlist as u64, m.dim as u64, m.count);
     let centroids = r.array("centroids.f32", nlist * dim, "nlist × dim")?;
-    let ksub = 1u64 << meta.nbits;
+    let ksub = pq::ksub(meta.nbits) as u64;
     let books = r.array("codebooks.f32", ksub * dim, &format!("{ksub} × dim"))?;
     let offsets: Array<u64> = r.array("list_offsets.u64", nlist + 1, "nlist + 1")?;
     let opath = r.dir.join("list_offsets.u64");
