@@ -99,28 +99,42 @@ impl ByteTables {
             .zip(&ranges)
         {
             for (x, y) in t.iter().zip(q) {
-                *y = ((x - lo) * inv).round().clamp(0.0, 255.0) as u8;
+                // Non-negative, so adding a half and truncating rounds (`as` saturates).
+                *y = ((x - lo) * inv + 0.5) as u8;
             }
         }
     }
 }
 
-/// Sums of quantised table entries of all 32 codes of each block in `blocks` (`m` even,
-/// at most `MAX_M`), into `out` (32 per block, in code order).
-pub(crate) fn scan(lut: &[u8], blocks: &[u8], m: usize, out: &mut [u16]) {
-    debug_assert!(m.is_multiple_of(2) && m <= MAX_M && lut.len() == m * 16);
+/// Table sums `bias + unit · Σ lut` of all 32 codes of each block in `blocks` (`m` even, at
+/// most `MAX_M`) under each of `Q` queries' tables `t`, into `out` (32 per block, in code
+/// order). Several queries share each load of the codes.
+pub(crate) fn scores<const Q: usize>(
+    t: [&ByteTables; Q],
+    blocks: &[u8],
+    m: usize,
+    mut out: [&mut [f32]; Q],
+) {
+    debug_assert!(m.is_multiple_of(2) && m <= MAX_M);
+    assert!(t.iter().all(|t| t.lut.len() == m * 16));
+    assert!(out
+        .iter()
+        .all(|o| o.len() >= blocks.len() / block_bytes(m) * BLOCK));
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 is present, and the kernel reads only whole blocks of `blocks`, pairs of
-        // `lut` and 32 entries of `out` per block, all within the slices.
-        unsafe { scan_avx2(lut, blocks, m, out) };
+        // each `lut` and writes 32 entries of each `out` per block, all within the slices
+        // (checked above).
+        unsafe { scores_avx2(t, blocks, m, out) };
         return;
     }
-    scan_portable(lut, blocks, m, out);
+    for (t, o) in t.into_iter().zip(out.iter_mut()) {
+        scores_portable(t, blocks, m, o);
+    }
 }
 
-/// `scan` one lookup at a time.
-fn scan_portable(lut: &[u8], blocks: &[u8], m: usize, out: &mut [u16]) {
+/// `scores` for one query, one lookup at a time.
+fn scores_portable(t: &ByteTables, blocks: &[u8], m: usize, out: &mut [f32]) {
     let mut code = vec![0u8; m];
     for (blk, o) in blocks
         .chunks_exact(block_bytes(m))
@@ -128,52 +142,71 @@ fn scan_portable(lut: &[u8], blocks: &[u8], m: usize, out: &mut [u16]) {
     {
         for (i, oi) in o.iter_mut().enumerate() {
             get(blk, i, &mut code);
-            *oi = code
+            let sum: u32 = code
                 .iter()
                 .enumerate()
-                .map(|(j, &c)| lut[j * 16 + c as usize] as u16)
+                .map(|(j, &c)| t.lut[j * 16 + c as usize] as u32)
                 .sum();
+            *oi = t.bias + t.unit * sum as f32;
         }
     }
 }
 
-/// `scan` with AVX2: per pair of sub-quantisers, two shuffles look up 64 entries (low and high
-/// nibbles), which are widened into four u16 accumulators (even and odd codes of each half).
+/// `scores` with AVX2: per pair of sub-quantisers and query, two shuffles look up 64 entries
+/// (low and high nibbles), added as whole 16-bit lanes (even + 256 · odd entry) and, shifted,
+/// as the odd entries alone, into four u16 accumulators; each block's 32 sums per query are
+/// then separated, interleaved back into code order and scaled to f32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn scan_avx2(lut: &[u8], blocks: &[u8], m: usize, out: &mut [u16]) {
+unsafe fn scores_avx2<const Q: usize>(
+    t: [&ByteTables; Q],
+    blocks: &[u8],
+    m: usize,
+    mut out: [&mut [f32]; Q],
+) {
     use std::arch::x86_64::*;
     let nib = _mm256_set1_epi8(0x0f);
-    let low = _mm256_set1_epi16(0x00ff);
-    for (blk, o) in blocks
-        .chunks_exact(block_bytes(m))
-        .zip(out.chunks_exact_mut(BLOCK))
-    {
-        let (mut a0, mut a1, mut a2, mut a3) = (
-            _mm256_setzero_si256(),
-            _mm256_setzero_si256(),
-            _mm256_setzero_si256(),
-            _mm256_setzero_si256(),
-        );
+    for (b, blk) in blocks.chunks_exact(block_bytes(m)).enumerate() {
+        let mut acc = [[_mm256_setzero_si256(); 4]; Q];
         for p in 0..m / 2 {
             let c = _mm256_loadu_si256(blk.as_ptr().add(32 * p) as *const __m256i);
-            let t = _mm256_loadu_si256(lut.as_ptr().add(32 * p) as *const __m256i);
-            let lo = _mm256_shuffle_epi8(t, _mm256_and_si256(c, nib));
-            let hi = _mm256_shuffle_epi8(t, _mm256_and_si256(_mm256_srli_epi16(c, 4), nib));
-            a0 = _mm256_add_epi16(a0, _mm256_and_si256(lo, low));
-            a1 = _mm256_add_epi16(a1, _mm256_srli_epi16(lo, 8));
-            a2 = _mm256_add_epi16(a2, _mm256_and_si256(hi, low));
-            a3 = _mm256_add_epi16(a3, _mm256_srli_epi16(hi, 8));
+            let (cl, ch) = (
+                _mm256_and_si256(c, nib),
+                _mm256_and_si256(_mm256_srli_epi16(c, 4), nib),
+            );
+            for (a, t) in acc.iter_mut().zip(&t) {
+                let t = _mm256_loadu_si256(t.lut.as_ptr().add(32 * p) as *const __m256i);
+                let (lo, hi) = (_mm256_shuffle_epi8(t, cl), _mm256_shuffle_epi8(t, ch));
+                a[0] = _mm256_add_epi16(a[0], lo);
+                a[1] = _mm256_add_epi16(a[1], _mm256_srli_epi16(lo, 8));
+                a[2] = _mm256_add_epi16(a[2], hi);
+                a[3] = _mm256_add_epi16(a[3], _mm256_srli_epi16(hi, 8));
+            }
         }
-        // Lane 0 holds the even sub-quantisers' sums, lane 1 the odd ones': add the halves.
-        let fold =
-            |a: __m256i| _mm_add_epi16(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
-        let (even_lo, odd_lo, even_hi, odd_hi) = (fold(a0), fold(a1), fold(a2), fold(a3));
-        let dst = o.as_mut_ptr() as *mut __m128i;
-        _mm_storeu_si128(dst, _mm_unpacklo_epi16(even_lo, odd_lo));
-        _mm_storeu_si128(dst.add(1), _mm_unpackhi_epi16(even_lo, odd_lo));
-        _mm_storeu_si128(dst.add(2), _mm_unpacklo_epi16(even_hi, odd_hi));
-        _mm_storeu_si128(dst.add(3), _mm_unpackhi_epi16(even_hi, odd_hi));
+        for ((a, t), o) in acc.iter().zip(&t).zip(out.iter_mut()) {
+            // Even entries: whole lanes minus the odd ones moved up a byte (mod 2^16, exact).
+            let even = |w: __m256i, odd: __m256i| _mm256_sub_epi16(w, _mm256_slli_epi16(odd, 8));
+            // Lane 0 holds the even sub-quantisers' sums, lane 1 the odd ones': add the halves.
+            let fold = |a: __m256i| {
+                _mm_add_epi16(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1))
+            };
+            let (even_lo, odd_lo) = (fold(even(a[0], a[1])), fold(a[1]));
+            let (even_hi, odd_hi) = (fold(even(a[2], a[3])), fold(a[3]));
+            let (unit, bias) = (_mm256_set1_ps(t.unit), _mm256_set1_ps(t.bias));
+            let dst = o.as_mut_ptr().add(b * BLOCK);
+            for (i, sums) in [
+                _mm_unpacklo_epi16(even_lo, odd_lo),
+                _mm_unpackhi_epi16(even_lo, odd_lo),
+                _mm_unpacklo_epi16(even_hi, odd_hi),
+                _mm_unpackhi_epi16(even_hi, odd_hi),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let x = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(sums));
+                _mm256_storeu_ps(dst.add(8 * i), _mm256_add_ps(bias, _mm256_mul_ps(unit, x)));
+            }
+        }
     }
 }
 
@@ -227,18 +260,50 @@ mod tests {
                 })
                 .collect();
             let nb = n.div_ceil(BLOCK);
-            for kernel in [scan, scan_portable] {
-                let mut out = vec![0u16; nb * BLOCK];
-                kernel(&lut, &blocks, m, &mut out);
-                for (i, c) in codes.iter().enumerate() {
-                    let want: u32 = c
+            let t = ByteTables {
+                lut,
+                unit: 1.0,
+                bias: 0.0,
+            };
+            let want: Vec<f32> = codes
+                .iter()
+                .map(|c| {
+                    let sum: u32 = c
                         .iter()
                         .enumerate()
-                        .map(|(j, &x)| lut[j * 16 + x as usize] as u32)
+                        .map(|(j, &x)| t.lut[j * 16 + x as usize] as u32)
                         .sum();
-                    assert_eq!(out[i] as u32, want, "m {m} code {i}");
-                }
-            }
+                    sum as f32
+                })
+                .collect();
+            // The second query's tables are the first's reversed, scaled and shifted.
+            let mut lut2 = t.lut.clone();
+            lut2.reverse();
+            let t2 = ByteTables {
+                lut: lut2,
+                unit: 0.5,
+                bias: -3.0,
+            };
+            let want2: Vec<f32> = codes
+                .iter()
+                .map(|c| {
+                    let sum: u32 = c
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &x)| t2.lut[j * 16 + x as usize] as u32)
+                        .sum();
+                    -3.0 + 0.5 * sum as f32
+                })
+                .collect();
+            let mut out = vec![0f32; nb * BLOCK];
+            scores_portable(&t, &blocks, m, &mut out);
+            assert_eq!(out[..n], want[..], "m {m} portable");
+            scores([&t], &blocks, m, [&mut out]);
+            assert_eq!(out[..n], want[..], "m {m} one query");
+            let mut out2 = vec![0f32; nb * BLOCK];
+            scores([&t, &t2], &blocks, m, [&mut out, &mut out2]);
+            assert_eq!(out[..n], want[..], "m {m} first of two");
+            assert_eq!(out2[..n], want2[..], "m {m} second of two");
         }
     }
 

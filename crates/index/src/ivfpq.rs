@@ -480,7 +480,8 @@ impl IvfPqIndex {
                 {
                     let dists = &mut s.dists[..rows.len()];
                     pq::adc_many(&s.table, &part.codes[b0 * m..], m, dists);
-                    offer(&mut top, base, dists, part.terms_from(b0), rows, &self.rows);
+                    let terms = part.terms_from(b0);
+                    offer(&mut top, base, dists, terms, rows, &self.rows, &mut s.pass);
                 }
             }
         }
@@ -498,7 +499,8 @@ impl IvfPqIndex {
     /// Top candidates of every prepared query in `q` over its probed lists (4-bit codes), with
     /// the tables of `scan_query` quantised to bytes. Each probed list is scanned once for all
     /// the queries that probe it, a chunk of codes at a time, so its codes are read from memory
-    /// once per batch rather than once per query; lists are shared out between threads.
+    /// once per batch rather than once per query, and two queries share each load of the codes
+    /// into registers; lists are shared out between threads.
     fn scan_lists(&self, q: &[f32], probes: Vec<TopK>, cap: usize) -> Vec<TopK> {
         let (m, nq) = (self.params.m, probes.len());
         let tables: Vec<ByteTables> = q
@@ -528,11 +530,10 @@ impl IvfPqIndex {
         (0..shares)
             .into_par_iter()
             .map(|share| {
-                let (mut tops, mut sums, mut dists) =
-                    (fresh(), vec![0u16; ADC_BLOCK], vec![0f32; ADC_BLOCK]);
+                let (mut tops, mut s) = (fresh(), Scratch::new(0));
                 for visits in lists.iter().skip(share).step_by(shares) {
                     for part in self.list(visits[0].0 as usize) {
-                        self.scan_blocks(&part, visits, &tables, &mut tops, &mut sums, &mut dists);
+                        self.scan_blocks(&part, visits, &tables, &mut tops, &mut s);
                     }
                 }
                 tops
@@ -553,8 +554,7 @@ impl IvfPqIndex {
         visits: &[(u64, usize, f32)],
         tables: &[ByteTables],
         tops: &mut [TopK],
-        sums: &mut [u16],
-        dists: &mut [f32],
+        s: &mut Scratch,
     ) {
         let (m, block) = (self.params.m, fastscan::BLOCK);
         let block_bytes = fastscan::block_bytes(m);
@@ -565,36 +565,50 @@ impl IvfPqIndex {
             let nb = rows.len().div_ceil(block);
             let first = b0 / block * block_bytes;
             let codes = &part.codes[first..first + nb * block_bytes];
-            let sums = &mut sums[..nb * block];
-            let dists = &mut dists[..rows.len()];
-            for &(_, qi, base) in visits {
-                let t = &tables[qi];
-                fastscan::scan(&t.lut, codes, m, sums);
-                for (d, &x) in dists.iter_mut().zip(sums.iter()) {
-                    *d = t.bias + t.unit * x as f32;
+            let terms = part.terms_from(b0);
+            let (d0, d1) = s.dists.split_at_mut(ADC_BLOCK);
+            // Two queries per pass over the codes where the list has them.
+            for pair in visits.chunks(2) {
+                match *pair {
+                    [(_, q0, _), (_, q1, _)] => {
+                        let t = [&tables[q0], &tables[q1]];
+                        fastscan::scores(t, codes, m, [&mut d0[..], &mut d1[..]]);
+                    }
+                    _ => fastscan::scores([&tables[pair[0].1]], codes, m, [&mut d0[..]]),
                 }
-                offer(
-                    &mut tops[qi],
-                    base,
-                    dists,
-                    part.terms_from(b0),
-                    rows,
-                    &self.rows,
-                );
+                for (&(_, qi, base), d) in pair.iter().zip([&mut *d0, &mut *d1]) {
+                    let dists = &mut d[..rows.len()];
+                    offer(
+                        &mut tops[qi],
+                        base,
+                        dists,
+                        terms,
+                        rows,
+                        &self.rows,
+                        &mut s.pass,
+                    );
+                }
             }
         }
     }
 }
 
 /// Offers `base + dists[i] − terms[i]` (`terms` empty but for L2) for each of `rows` to `top`,
-/// skipping deleted rows.
-fn offer(top: &mut TopK, base: f32, dists: &mut [f32], terms: &[f32], rows: &[u64], all: &Rows) {
-    for (d, t) in dists.iter_mut().zip(terms) {
-        *d -= t;
-    }
+/// skipping deleted rows; `pass` is scratch.
+fn offer(
+    top: &mut TopK,
+    base: f32,
+    dists: &mut [f32],
+    terms: &[f32],
+    rows: &[u64],
+    all: &Rows,
+    pass: &mut Vec<u32>,
+) {
+    pass.clear();
+    kernel::select(dists, base, terms, top.threshold(), pass);
     let mut thr = top.threshold();
-    for (&d, &row) in dists.iter().zip(rows) {
-        let score = base + d;
+    for &i in pass.iter() {
+        let (score, row) = (dists[i as usize], rows[i as usize]);
         if score >= thr && !all.is_dead(row as usize) {
             top.push(score, row);
             thr = top.threshold();
@@ -602,17 +616,21 @@ fn offer(top: &mut TopK, base: f32, dists: &mut [f32], terms: &[f32], rows: &[u6
     }
 }
 
-/// Per-thread buffers of an 8-bit search: the query's distance table and a block of distances.
+/// Per-thread buffers of a search: an 8-bit query's distance table, a block of distances and
+/// the positions in it that reach the top-k.
 struct Scratch {
     table: Vec<f32>,
     dists: Vec<f32>,
+    pass: Vec<u32>,
 }
 
 impl Scratch {
-    fn new(m: usize) -> Self {
+    /// Buffers for tables of `table` entries (none for 4-bit codes, whose tables are bytes).
+    fn new(table: usize) -> Self {
         Scratch {
-            table: vec![0f32; m * pq::KSUB],
-            dists: vec![0f32; ADC_BLOCK],
+            table: vec![0f32; table],
+            dists: vec![0f32; 2 * ADC_BLOCK],
+            pass: Vec::with_capacity(ADC_BLOCK),
         }
     }
 }
@@ -662,7 +680,7 @@ impl Index for IvfPqIndex {
             q.par_chunks(dim)
                 .zip(probes)
                 .map_init(
-                    || Scratch::new(self.params.m),
+                    || Scratch::new(self.params.m * pq::KSUB),
                     |s, (qv, probe)| self.scan_query(qv, probe.into_sorted(), cap, s),
                 )
                 .collect()

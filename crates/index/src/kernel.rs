@@ -186,26 +186,37 @@ const COLS: usize = 32;
 
 /// `out[c] = Σ_d x[d]·t[d·k + c]` for the `k = out.len()` columns of a `dim × k` matrix `t`
 /// (rows transposed so that every step is a broadcast over contiguous columns), `COLS`
-/// columns at a time so that the sums stay in registers.
+/// columns at a time so that the sums stay in registers, then 16 at a time (the 16 centroids
+/// of 4-bit codes).
 #[inline(always)]
 fn dots_transposed_generic(t: &[f32], x: &[f32], out: &mut [f32]) {
     let k = out.len();
-    let full = k - k % COLS;
-    for c0 in (0..full).step_by(COLS) {
-        let mut acc = [0f32; COLS];
-        for (d, &xd) in x.iter().enumerate() {
-            let row: &[f32; COLS] = t[d * k + c0..d * k + c0 + COLS]
-                .try_into()
-                .expect("column block");
-            for (a, &v) in acc.iter_mut().zip(row) {
-                *a += xd * v;
-            }
-        }
-        out[c0..c0 + COLS].copy_from_slice(&acc);
+    let wide = k - k % COLS;
+    let narrow = k - k % 16;
+    for c0 in (0..wide).step_by(COLS) {
+        dots_columns::<COLS>(t, x, k, c0, out);
     }
-    for (c, o) in out.iter_mut().enumerate().skip(full) {
+    for c0 in (wide..narrow).step_by(16) {
+        dots_columns::<16>(t, x, k, c0, out);
+    }
+    for (c, o) in out.iter_mut().enumerate().skip(narrow) {
         *o = x.iter().enumerate().map(|(d, &xd)| xd * t[d * k + c]).sum();
     }
+}
+
+/// Columns `c0..c0 + W` of [`dots_transposed_generic`], the `W` sums held in registers.
+#[inline(always)]
+fn dots_columns<const W: usize>(t: &[f32], x: &[f32], k: usize, c0: usize, out: &mut [f32]) {
+    let mut acc = [0f32; W];
+    for (d, &xd) in x.iter().enumerate() {
+        let row: &[f32; W] = t[d * k + c0..d * k + c0 + W]
+            .try_into()
+            .expect("column block");
+        for (a, &v) in acc.iter_mut().zip(row) {
+            *a += xd * v;
+        }
+    }
+    out[c0..c0 + W].copy_from_slice(&acc);
 }
 
 /// [`dots_transposed_generic`] compiled for AVX2.
@@ -225,6 +236,58 @@ pub(crate) fn dots_transposed(t: &[f32], x: &[f32], out: &mut [f32]) {
         return unsafe { dots_transposed_avx2(t, x, out) };
     }
     dots_transposed_generic(t, x, out)
+}
+
+/// Turns `d` into scores `offset + d[i] − terms[i]` (`terms` empty: no terms) in place and
+/// appends to `pass` the positions whose score reaches `thr` (NaN never does).
+pub(crate) fn select(d: &mut [f32], offset: f32, terms: &[f32], thr: f32, pass: &mut Vec<u32>) {
+    assert!(terms.is_empty() || terms.len() >= d.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked above); `terms` is empty or covers `d`.
+        return unsafe { select_avx2(d, offset, terms, thr, pass) };
+    }
+    select_from(d, 0, offset, terms, thr, pass)
+}
+
+/// `select` from position `from` on, one value at a time.
+fn select_from(
+    d: &mut [f32],
+    from: usize,
+    offset: f32,
+    terms: &[f32],
+    thr: f32,
+    pass: &mut Vec<u32>,
+) {
+    for (i, x) in d.iter_mut().enumerate().skip(from) {
+        *x = offset + *x - terms.get(i).copied().unwrap_or(0.0);
+        if *x >= thr {
+            pass.push(i as u32);
+        }
+    }
+}
+
+/// `select` eight values at a time: one compare and a bit mask per eight.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn select_avx2(d: &mut [f32], offset: f32, terms: &[f32], thr: f32, pass: &mut Vec<u32>) {
+    use std::arch::x86_64::*;
+    let (o, t) = (_mm256_set1_ps(offset), _mm256_set1_ps(thr));
+    let n = d.len() - d.len() % 8;
+    let p = d.as_mut_ptr();
+    for i in (0..n).step_by(8) {
+        let mut v = _mm256_add_ps(o, _mm256_loadu_ps(p.add(i)));
+        if !terms.is_empty() {
+            v = _mm256_sub_ps(v, _mm256_loadu_ps(terms.as_ptr().add(i)));
+        }
+        _mm256_storeu_ps(p.add(i), v);
+        let mut mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(v, t)) as u32;
+        while mask != 0 {
+            pass.push(i as u32 + mask.trailing_zeros());
+            mask &= mask - 1;
+        }
+    }
+    select_from(d, n, offset, terms, thr, pass)
 }
 
 /// Asks the CPU to start loading the cache line that holds `p` (a hint: no effect off x86-64).
@@ -313,6 +376,46 @@ mod tests {
             for j in 0..n {
                 let want: f32 = (0..dim).map(|d| q[i * dim + d] * k[j * dim + d]).sum();
                 assert_eq!(out[i * np * PANEL + j], want, "query {i} key {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn select_scores_and_picks_what_reaches_the_threshold() {
+        let mut rng = crate::rng::Rng::new(5);
+        for n in [0, 3, 8, 29, 256] {
+            let d: Vec<f32> = (0..n)
+                .map(|i| if i == 4 { f32::NAN } else { rng.normal() })
+                .collect();
+            let terms: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+            for t in [&terms[..], &[]] {
+                let (mut got, mut pass) = (d.clone(), Vec::new());
+                select(&mut got, 0.25, t, 0.1, &mut pass);
+                let want: Vec<f32> = d
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| 0.25 + x - t.get(i).unwrap_or(&0.0))
+                    .collect();
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(g == w || (g.is_nan() && w.is_nan()), "n {n}: {g} vs {w}");
+                }
+                let picked: Vec<u32> = (0..n as u32).filter(|&i| want[i as usize] >= 0.1).collect();
+                assert_eq!(pass, picked, "n {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn dots_transposed_matches_naive_for_every_width() {
+        let mut rng = crate::rng::Rng::new(6);
+        for (k, dim) in [(16, 4), (256, 3), (48, 2), (21, 5)] {
+            let t: Vec<f32> = (0..k * dim).map(|_| rng.normal()).collect();
+            let x: Vec<f32> = (0..dim).map(|_| rng.normal()).collect();
+            let mut out = vec![0f32; k];
+            dots_transposed(&t, &x, &mut out);
+            for (c, o) in out.iter().enumerate() {
+                let want: f32 = (0..dim).map(|d| x[d] * t[d * k + c]).sum();
+                assert!((o - want).abs() < 1e-5, "k {k} column {c}");
             }
         }
     }

@@ -1,16 +1,19 @@
 //! Bounded top-k selection with deterministic tie breaking (higher score, then smaller id).
 
-/// Whether `(s1, id1)` ranks strictly before `(s2, id2)`.
+/// Ranking order: higher score first, then smaller id.
 #[inline]
-fn better(s1: f32, id1: u64, s2: f32, id2: u64) -> bool {
-    s1 > s2 || (s1 == s2 && id1 < id2)
+fn rank(a: &(f32, u64), b: &(f32, u64)) -> std::cmp::Ordering {
+    b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1))
 }
 
-/// The best `k` (score, id) pairs seen so far, kept as a binary heap with the worst on top.
+/// The best `k` (score, id) pairs seen so far. Candidates that reach the threshold are
+/// appended to a buffer of up to `2k`; when it fills, it is cut back to its best `k` and the
+/// threshold rises to the worst of those, so a push costs O(1) amortised.
 #[derive(Clone, Debug)]
 pub(crate) struct TopK {
     k: usize,
-    heap: Vec<(f32, u64)>,
+    buf: Vec<(f32, u64)>,
+    thr: f32,
 }
 
 impl TopK {
@@ -18,95 +21,49 @@ impl TopK {
     pub fn new(k: usize) -> Self {
         TopK {
             k,
-            heap: Vec::with_capacity(k),
+            buf: Vec::with_capacity(2 * k),
+            thr: f32::NEG_INFINITY,
         }
     }
 
-    /// The score a candidate must reach to be considered (−∞ until full).
+    /// A score below which a candidate cannot be among the best `k` (−∞ until `k` are kept);
+    /// it may lag behind the `k`-th best score.
     #[inline]
     pub fn threshold(&self) -> f32 {
-        if self.heap.len() < self.k {
-            f32::NEG_INFINITY
-        } else {
-            self.heap[0].0
-        }
+        self.thr
     }
 
     /// Offers a candidate; NaN scores are ignored.
     #[inline]
     pub fn push(&mut self, score: f32, id: u64) {
-        if self.k == 0 || score.is_nan() {
+        if self.k == 0 || score.is_nan() || score < self.thr {
             return;
         }
-        if self.heap.len() < self.k {
-            self.heap.push((score, id));
-            self.sift_up(self.heap.len() - 1);
-        } else {
-            let (ws, wid) = self.heap[0];
-            if better(score, id, ws, wid) {
-                self.heap[0] = (score, id);
-                self.sift_down(0);
-            }
+        if self.buf.len() == 2 * self.k {
+            self.cut();
         }
+        self.buf.push((score, id));
     }
 
     /// Offers every candidate of `other`.
     pub fn merge(&mut self, other: TopK) {
-        for (s, id) in other.heap {
+        for (s, id) in other.buf {
             self.push(s, id);
         }
     }
 
     /// The kept candidates, best first.
     pub fn into_sorted(mut self) -> Vec<(f32, u64)> {
-        self.heap
-            .sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        self.heap
+        self.buf.sort_unstable_by(rank);
+        self.buf.truncate(self.k);
+        self.buf
     }
 
-    fn sift_up(&mut self, mut i: usize) {
-        while i > 0 {
-            let p = (i - 1) / 2;
-            // Parent must be worse than (or equal to) child: the worst sits on top.
-            let (cs, cid) = self.heap[i];
-            let (ps, pid) = self.heap[p];
-            if better(ps, pid, cs, cid) {
-                self.heap.swap(i, p);
-                i = p;
-            } else {
-                break;
-            }
-        }
-    }
-
-    fn sift_down(&mut self, mut i: usize) {
-        let n = self.heap.len();
-        loop {
-            let l = 2 * i + 1;
-            if l >= n {
-                break;
-            }
-            let r = l + 1;
-            let mut worst = l;
-            if r < n
-                && better(
-                    self.heap[l].0,
-                    self.heap[l].1,
-                    self.heap[r].0,
-                    self.heap[r].1,
-                )
-            {
-                worst = r;
-            }
-            let (ws, wid) = self.heap[worst];
-            let (s, id) = self.heap[i];
-            if better(s, id, ws, wid) {
-                self.heap.swap(i, worst);
-                i = worst;
-            } else {
-                break;
-            }
-        }
+    /// Keeps the best `k` of the buffer and raises the threshold to the worst of them.
+    fn cut(&mut self) {
+        self.buf.select_nth_unstable_by(self.k - 1, rank);
+        self.buf.truncate(self.k);
+        self.thr = self.buf[self.k - 1].0;
     }
 }
 
@@ -121,5 +78,33 @@ mod tests {
             t.push(s, id);
         }
         assert_eq!(t.into_sorted(), vec![(3.0, 7), (2.0, 3), (2.0, 4)]);
+    }
+
+    #[test]
+    fn equals_a_full_sort_on_random_streams_with_ties() {
+        let mut rng = crate::rng::Rng::new(21);
+        for k in [0, 1, 3, 32, 128] {
+            for n in [0, 5, 64, 257, 3000] {
+                // Scores on a coarse grid so that ties are common; some NaN.
+                let items: Vec<(f32, u64)> = (0..n)
+                    .map(|i| {
+                        let s = (rng.uniform() * 20.0).floor();
+                        (
+                            if i % 97 == 5 { f32::NAN } else { s },
+                            (i * 7919 % 4099) as u64,
+                        )
+                    })
+                    .collect();
+                let mut t = TopK::new(k);
+                for &(s, id) in &items {
+                    t.push(s, id);
+                }
+                let mut want: Vec<(f32, u64)> =
+                    items.iter().copied().filter(|x| !x.0.is_nan()).collect();
+                want.sort_by(rank);
+                want.truncate(k);
+                assert_eq!(t.into_sorted(), want, "k {k} n {n}");
+            }
+        }
     }
 }
