@@ -56,7 +56,7 @@ def main():
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--ivf", action="append", default=[],
-                    help="nlist,m,nprobe[,nbits]: nbits 4 is FAISS's fast-scan IVF-PQ")
+                    help="nlist,m,nprobe[/nprobe...][,nbits]: nbits 4 is FAISS's fast-scan IVF-PQ")
     ap.add_argument("--rerank", type=int)
     ap.add_argument("--min-time", type=float, default=2.0,
                     help="seconds each queries/s figure is measured over, at least")
@@ -98,8 +98,8 @@ def main():
     emit(index="flat", build_s=build, bytes_per_key=(2 if a.stream else 4) * d, qps_1t=q1,
          qps_2t=q2, recall=1.0)
     for spec in a.ivf:
-        nlist, m, nprobe, *rest = map(int, spec.split(","))
-        nbits = rest[0] if rest else 8
+        nlist, m, nprobes, *rest = spec.split(",")
+        nlist, m, nbits = int(nlist), int(m), int(rest[0]) if rest else 8
         faiss.omp_set_num_threads(2)
         t = time.perf_counter()
         quant = faiss.IndexFlat(d, mt)
@@ -116,22 +116,24 @@ def main():
             ivf.train(xb)
             ivf.add(xb)
         build = time.perf_counter() - t
-        ivf.nprobe = nprobe
-        for rr in [None, a.rerank] if a.rerank else [None]:
-            index = ivf
-            if rr and a.stream:
-                keys16 = streamed(faiss.IndexScalarQuantizer(d, fp16, mt), xb, prep)
-                index = faiss.IndexRefine(ivf, keys16)
-                index.k_factor = rr / a.k
-            elif rr:
-                index = faiss.IndexRefineFlat(ivf, faiss.swig_ptr(xb))
-                index.k_factor = rr / a.k
-            q1, got = qps(index, xq, a.k, a.batch, 1, a.min_time)
-            q2, _ = qps(index, xq, a.k, a.batch, 2, a.min_time)
-            emit(index="ivfpq", nlist=nlist, m=m, nbits=nbits, nprobe=nprobe, rerank=rr,
-                 build_s=build, bytes_per_key=m * nbits // 8 + 8, qps_1t=q1, qps_2t=q2,
-                 recall=recall(got, exact))
-
+        keys16 = None
+        for nprobe in map(int, nprobes.split("/")):
+            ivf.nprobe = nprobe
+            for rr in [None, a.rerank] if a.rerank else [None]:
+                index = ivf
+                if rr and a.stream:
+                    if keys16 is None:
+                        keys16 = streamed(faiss.IndexScalarQuantizer(d, fp16, mt), xb, prep)
+                    index = faiss.IndexRefine(ivf, keys16)
+                    index.k_factor = rr / a.k
+                elif rr:
+                    index = faiss.IndexRefineFlat(ivf, faiss.swig_ptr(xb))
+                    index.k_factor = rr / a.k
+                q1, got = qps(index, xq, a.k, a.batch, 1, a.min_time)
+                q2, _ = qps(index, xq, a.k, a.batch, 2, a.min_time)
+                emit(index="ivfpq", nlist=nlist, m=m, nbits=nbits, nprobe=nprobe, rerank=rr,
+                     build_s=build, bytes_per_key=m * nbits // 8 + 8, qps_1t=q1, qps_2t=q2,
+                     recall=recall(got, exact))
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Index benchmark, ralm vs FAISS, side by side (outside CI).
 #   scripts/bench_index.sh --keys K.npy --queries Q.npy --metric ip [--key-type f16] --k 10 \
-#       --batch 100 --ivf 1024,64,8 --ivf 1024,96,8,4 --rerank 100   (nlist,m,nprobe[,nbits])
+#       --batch 100 --ivf 1024,64,8/32 --ivf 1024,96,8,4 --rerank 100
+#   (--ivf nlist,m,nprobe[/nprobe...][,nbits]: one build per --ivf, searched at each nprobe)
+# Prints both engines side by side, the two compared at equal recall, and writes
+# .cache/ralm/bench/recall-qps.svg (scripts/bench_report.py).
 # Creates a throwaway venv with faiss-cpu + numpy in .cache/ralm/faiss-venv on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,22 +27,4 @@ for a in "$@"; do
     faiss_args+=("$a")
 done
 "$venv/bin/python" scripts/bench_faiss.py "${faiss_args[@]}" --json "$out/faiss.jsonl"
-"$venv/bin/python" - "$out/ralm.jsonl" "$out/faiss.jsonl" <<'PY'
-import json, sys
-def load(p):
-    rows = {}
-    for line in open(p):
-        r = json.loads(line)
-        rows[(r["index"], r.get("nlist"), r.get("m"), r.get("nbits"), r.get("nprobe"), r.get("rerank"))] = r
-    return rows
-ralm, faiss = load(sys.argv[1]), load(sys.argv[2])
-print(f"{'setting':<28}{'engine':>7}{'build s':>9}{'B/key':>7}{'qps 1t':>10}{'qps 2t':>10}{'recall':>8}")
-for key, r in ralm.items():
-    f = faiss.get(key)
-    name = key[0] if key[0] == "flat" else f"ivfpq {key[1]},{key[2]}x{key[3]},{key[4]} rr={key[5]}"
-    for eng, x in (("ralm", r), ("faiss", f)):
-        if x:
-            print(f"{name:<28}{eng:>7}{x['build_s']:>9.2f}{x['bytes_per_key']:>7}{x['qps_1t']:>10.0f}{x['qps_2t']:>10.0f}{x['recall']:>8.3f}")
-    if f:
-        print(f"{'':<28}{'ratio':>7}{'':>16}{r['qps_1t']/f['qps_1t']:>10.2f}{r['qps_2t']/f['qps_2t']:>10.2f}")
-PY
+python3 scripts/bench_report.py "$out/ralm.jsonl" "$out/faiss.jsonl" --plot "$out/recall-qps.svg"

@@ -308,17 +308,16 @@ fn bench(a: &Args) -> Res<()> {
         "build_s": build, "bytes_per_key": dim * key_type.size(), "qps_1t": q1, "qps_2t": q2, "recall": 1.0,
     }))?;
     for spec in a.all("ivf") {
-        let bad = || format!("--ivf {spec:?}: expected nlist,m,nprobe[,nbits]");
-        let p: Vec<usize> = spec
-            .split(',')
-            .map(|x| x.parse().map_err(|_| bad()))
-            .collect::<Res<_>>()?;
-        let (nlist, m, nprobe, nbits) = match p[..] {
-            [nlist, m, nprobe] => (nlist, m, nprobe, 8),
-            [nlist, m, nprobe, nbits] => (nlist, m, nprobe, nbits),
+        let bad = || format!("--ivf {spec:?}: expected nlist,m,nprobe[/nprobe...][,nbits]");
+        let fields: Vec<&str> = spec.split(',').collect();
+        let num = |x: &str| x.parse::<usize>().map_err(|_| bad());
+        let (nlist, m, nprobes, nbits) = match fields[..] {
+            [nlist, m, nprobes] => (num(nlist)?, num(m)?, nprobes, 8),
+            [nlist, m, nprobes, nbits] => (num(nlist)?, num(m)?, nprobes, num(nbits)?),
             _ => return Err(bad()),
         };
-        let name = format!("ivfpq-{nlist}-{m}x{nbits}-{nprobe}");
+        let nprobes: Vec<usize> = nprobes.split('/').map(num).collect::<Res<_>>()?;
+        let name = format!("ivfpq-{nlist}-{m}x{nbits}");
         let t = Instant::now();
         let params = IvfPqParams::new(nlist, m, 1).with_nbits(nbits as u32);
         let idx = keys.build(metric, key_type, IndexKind::IvfPq(params), &name)?;
@@ -327,19 +326,21 @@ fn bench(a: &Args) -> Res<()> {
             return Err(format!("{name}: the builder did not make an IVF-PQ index"));
         };
         let bytes_per_key = ivf.code_bytes_per_key();
-        for rr in [None, rerank] {
-            let sp = SearchParams { nprobe, rerank: rr };
-            let (q1, hits) = qps(&idx, &queries.data, dim, &timing, &sp, 1)?;
-            let (q2, _) = qps(&idx, &queries.data, dim, &timing, &sp, 2)?;
-            emit(serde_json::json!({
-                "engine": "ralm", "index": "ivfpq", "metric": metric.to_string(), "key_type": key_type.to_string(),
-                "n": rows, "dim": dim, "nq": queries.rows, "k": k, "batch": batch,
-                "nlist": nlist, "m": m, "nbits": nbits, "nprobe": nprobe, "rerank": rr,
-                "build_s": build, "bytes_per_key": bytes_per_key, "qps_1t": q1, "qps_2t": q2,
-                "recall": recall(&hits, &exact),
-            }))?;
-            if rerank.is_none() {
-                break;
+        for &nprobe in &nprobes {
+            for rr in [None, rerank] {
+                let sp = SearchParams { nprobe, rerank: rr };
+                let (q1, hits) = qps(&idx, &queries.data, dim, &timing, &sp, 1)?;
+                let (q2, _) = qps(&idx, &queries.data, dim, &timing, &sp, 2)?;
+                emit(serde_json::json!({
+                    "engine": "ralm", "index": "ivfpq", "metric": metric.to_string(), "key_type": key_type.to_string(),
+                    "n": rows, "dim": dim, "nq": queries.rows, "k": k, "batch": batch,
+                    "nlist": nlist, "m": m, "nbits": nbits, "nprobe": nprobe, "rerank": rr,
+                    "build_s": build, "bytes_per_key": bytes_per_key, "qps_1t": q1, "qps_2t": q2,
+                    "recall": recall(&hits, &exact),
+                }))?;
+                if rerank.is_none() {
+                    break;
+                }
             }
         }
         drop(idx);
