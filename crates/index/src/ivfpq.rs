@@ -616,6 +616,17 @@ fn offer(
     }
 }
 
+/// The `k`-th best score of `scored` (−∞ if it holds `k` or fewer), reordering it; NaN scores
+/// are dropped.
+fn kth_best(scored: &mut Vec<(f32, u64)>, k: usize) -> f32 {
+    scored.retain(|x| !x.0.is_nan());
+    if k == 0 || scored.len() <= k {
+        return f32::NEG_INFINITY;
+    }
+    scored.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+    scored[k - 1].0
+}
+
 /// Per-thread buffers of a search: an 8-bit query's distance table, a block of distances and
 /// the positions in it that reach the top-k.
 struct Scratch {
@@ -702,12 +713,19 @@ impl Index for IvfPqIndex {
                         for &(_, row) in &cands[..cands.len().min(RERANK_AHEAD)] {
                             self.rows.prefetch(row as usize);
                         }
+                        let mut exact = Vec::with_capacity(cands.len());
                         for (i, &(_, row)) in cands.iter().enumerate() {
                             if let Some(&(_, next)) = cands.get(i + RERANK_AHEAD) {
                                 self.rows.prefetch(next as usize);
                             }
-                            let r = row as usize;
-                            top.push(self.rows.score(qv, qn, r, key), self.rows.id(r));
+                            exact.push((self.rows.score(qv, qn, row as usize, key), row));
+                        }
+                        // Ids are looked up (at random) only for the rows that can be kept.
+                        let least = kth_best(&mut exact, k);
+                        for (s, row) in exact {
+                            if s >= least {
+                                top.push(s, self.rows.id(row as usize));
+                            }
                         }
                     } else {
                         for (s, row) in cands.into_sorted() {
@@ -787,6 +805,16 @@ mod tests {
         nprobe: 8,
         rerank: None,
     };
+
+    #[test]
+    fn kth_best_keeps_ties_and_drops_nan() {
+        let mut v = vec![(1.0, 0), (f32::NAN, 1), (3.0, 2), (2.0, 3), (2.0, 4), (0.5, 5)];
+        assert_eq!(kth_best(&mut v, 3), 2.0);
+        assert_eq!(v.iter().filter(|x| x.0 >= 2.0).count(), 3);
+        assert_eq!(v.len(), 5);
+        assert_eq!(kth_best(&mut v, 5), f32::NEG_INFINITY);
+        assert_eq!(kth_best(&mut v, 0), f32::NEG_INFINITY);
+    }
 
     #[test]
     fn scores_are_distances_to_the_decoded_vectors() {

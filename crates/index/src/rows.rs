@@ -160,15 +160,14 @@ impl Rows {
         row_f32(s.keys.rows(), self.dim, i, out)
     }
 
-    /// Starts loading row `r`'s key, id and norm into the cache, so that a `score` of it a
-    /// little later does not wait on memory (re-ranking reads rows in random order).
+    /// Starts loading row `r`'s key and norm into the cache, so that a `score` of it a little
+    /// later does not wait on memory (re-ranking reads rows in random order).
     #[inline]
     pub fn prefetch(&self, r: usize) {
         let (s, i) = self.locate(r);
         for line in s.keys.row_bytes(self.dim, i, i + 1).chunks(64) {
             kernel::prefetch(line.as_ptr());
         }
-        kernel::prefetch(&s.ids[i]);
         if let Some(n) = s.norms.get(i) {
             kernel::prefetch(n);
         }
