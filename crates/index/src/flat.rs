@@ -15,11 +15,13 @@ const KEY_BLOCK: usize = 512;
 /// Queries scored together against one key block.
 const QUERY_CHUNK: usize = 120;
 
-/// Per-task scratch: one top-k per query of the chunk, packed panels and the score tile.
+/// Per-task scratch: one top-k per query of the chunk, packed panels, the score tile and the
+/// positions of a tile row that reach the top-k.
 struct Scratch {
     tops: Vec<TopK>,
     panels: Vec<f32>,
     out: Vec<f32>,
+    pass: Vec<u32>,
 }
 
 fn sub_rows(rows: KeyRows<'_>, dim: usize, r0: usize, r1: usize) -> KeyRows<'_> {
@@ -57,6 +59,7 @@ pub(crate) fn scan(rows: &Rows, queries: &[f32], k: usize) -> Vec<TopK> {
                 tops: vec![TopK::new(k); nc],
                 panels: Vec::new(),
                 out: Vec::new(),
+                pass: Vec::new(),
             };
             let done = blocks
                 .par_iter()
@@ -73,14 +76,25 @@ pub(crate) fn scan(rows: &Rows, queries: &[f32], k: usize) -> Vec<TopK> {
                     s.out.resize(nc * ld, 0.0);
                     kernel::dots(&qpack, nc, &s.panels, np, dim, &mut s.out);
                     for (qi, top) in s.tops.iter_mut().enumerate() {
-                        let row = &s.out[qi * ld..qi * ld + n];
+                        let row = &mut s.out[qi * ld..qi * ld + n];
+                        // L2: 2⟨q, x⟩ − ‖q‖² − ‖x‖².
+                        let f = match l2 {
+                            true => kernel::Affine {
+                                scale: 2.0,
+                                offset: -qnorms[qi],
+                                terms: &seg.norms[r0..r1],
+                            },
+                            false => kernel::Affine {
+                                scale: 1.0,
+                                offset: 0.0,
+                                terms: &[],
+                            },
+                        };
+                        s.pass.clear();
+                        kernel::select(row, f, top.threshold(), &mut s.pass);
                         let mut thr = top.threshold();
-                        for (j, &d) in row.iter().enumerate() {
-                            let score = if l2 {
-                                2.0 * d - qnorms[qi] - seg.norms[r0 + j]
-                            } else {
-                                d
-                            };
+                        for &j in &s.pass {
+                            let (score, j) = (row[j as usize], j as usize);
                             if score >= thr && !rows.is_dead(off + r0 + j) {
                                 top.push(score, seg.ids[r0 + j]);
                                 thr = top.threshold();

@@ -605,7 +605,12 @@ fn offer(
     pass: &mut Vec<u32>,
 ) {
     pass.clear();
-    kernel::select(dists, base, terms, top.threshold(), pass);
+    let f = kernel::Affine {
+        scale: 1.0,
+        offset: base,
+        terms,
+    };
+    kernel::select(dists, f, top.threshold(), pass);
     let mut thr = top.threshold();
     for &i in pass.iter() {
         let (score, row) = (dists[i as usize], rows[i as usize]);
@@ -808,7 +813,14 @@ mod tests {
 
     #[test]
     fn kth_best_keeps_ties_and_drops_nan() {
-        let mut v = vec![(1.0, 0), (f32::NAN, 1), (3.0, 2), (2.0, 3), (2.0, 4), (0.5, 5)];
+        let mut v = vec![
+            (1.0, 0),
+            (f32::NAN, 1),
+            (3.0, 2),
+            (2.0, 3),
+            (2.0, 4),
+            (0.5, 5),
+        ];
         assert_eq!(kth_best(&mut v, 3), 2.0);
         assert_eq!(v.iter().filter(|x| x.0 >= 2.0).count(), 3);
         assert_eq!(v.len(), 5);

@@ -238,29 +238,30 @@ pub(crate) fn dots_transposed(t: &[f32], x: &[f32], out: &mut [f32]) {
     dots_transposed_generic(t, x, out)
 }
 
-/// Turns `d` into scores `offset + d[i] − terms[i]` (`terms` empty: no terms) in place and
-/// appends to `pass` the positions whose score reaches `thr` (NaN never does).
-pub(crate) fn select(d: &mut [f32], offset: f32, terms: &[f32], thr: f32, pass: &mut Vec<u32>) {
-    assert!(terms.is_empty() || terms.len() >= d.len());
+/// The affine map `select` applies: `scale · d[i] + offset − terms[i]` (`terms` empty: none).
+#[derive(Clone, Copy)]
+pub(crate) struct Affine<'a> {
+    pub scale: f32,
+    pub offset: f32,
+    pub terms: &'a [f32],
+}
+
+/// Turns `d` into scores by `f` in place and appends to `pass` the positions whose score
+/// reaches `thr` (NaN never does).
+pub(crate) fn select(d: &mut [f32], f: Affine<'_>, thr: f32, pass: &mut Vec<u32>) {
+    assert!(f.terms.is_empty() || f.terms.len() >= d.len());
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked above); `terms` is empty or covers `d`.
-        return unsafe { select_avx2(d, offset, terms, thr, pass) };
+        return unsafe { select_avx2(d, f, thr, pass) };
     }
-    select_from(d, 0, offset, terms, thr, pass)
+    select_from(d, 0, f, thr, pass)
 }
 
 /// `select` from position `from` on, one value at a time.
-fn select_from(
-    d: &mut [f32],
-    from: usize,
-    offset: f32,
-    terms: &[f32],
-    thr: f32,
-    pass: &mut Vec<u32>,
-) {
+fn select_from(d: &mut [f32], from: usize, f: Affine<'_>, thr: f32, pass: &mut Vec<u32>) {
     for (i, x) in d.iter_mut().enumerate().skip(from) {
-        *x = offset + *x - terms.get(i).copied().unwrap_or(0.0);
+        *x = f.scale * *x + f.offset - f.terms.get(i).copied().unwrap_or(0.0);
         if *x >= thr {
             pass.push(i as u32);
         }
@@ -270,15 +271,19 @@ fn select_from(
 /// `select` eight values at a time: one compare and a bit mask per eight.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn select_avx2(d: &mut [f32], offset: f32, terms: &[f32], thr: f32, pass: &mut Vec<u32>) {
+unsafe fn select_avx2(d: &mut [f32], f: Affine<'_>, thr: f32, pass: &mut Vec<u32>) {
     use std::arch::x86_64::*;
-    let (o, t) = (_mm256_set1_ps(offset), _mm256_set1_ps(thr));
+    let (a, o, t) = (
+        _mm256_set1_ps(f.scale),
+        _mm256_set1_ps(f.offset),
+        _mm256_set1_ps(thr),
+    );
     let n = d.len() - d.len() % 8;
     let p = d.as_mut_ptr();
     for i in (0..n).step_by(8) {
-        let mut v = _mm256_add_ps(o, _mm256_loadu_ps(p.add(i)));
-        if !terms.is_empty() {
-            v = _mm256_sub_ps(v, _mm256_loadu_ps(terms.as_ptr().add(i)));
+        let mut v = _mm256_add_ps(o, _mm256_mul_ps(a, _mm256_loadu_ps(p.add(i))));
+        if !f.terms.is_empty() {
+            v = _mm256_sub_ps(v, _mm256_loadu_ps(f.terms.as_ptr().add(i)));
         }
         _mm256_storeu_ps(p.add(i), v);
         let mut mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(v, t)) as u32;
@@ -287,7 +292,7 @@ unsafe fn select_avx2(d: &mut [f32], offset: f32, terms: &[f32], thr: f32, pass:
             mask &= mask - 1;
         }
     }
-    select_from(d, n, offset, terms, thr, pass)
+    select_from(d, n, f, thr, pass)
 }
 
 /// Asks the CPU to start loading the cache line that holds `p` (a hint: no effect off x86-64).
@@ -390,11 +395,16 @@ mod tests {
             let terms: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
             for t in [&terms[..], &[]] {
                 let (mut got, mut pass) = (d.clone(), Vec::new());
-                select(&mut got, 0.25, t, 0.1, &mut pass);
+                let f = Affine {
+                    scale: 2.0,
+                    offset: 0.25,
+                    terms: t,
+                };
+                select(&mut got, f, 0.1, &mut pass);
                 let want: Vec<f32> = d
                     .iter()
                     .enumerate()
-                    .map(|(i, x)| 0.25 + x - t.get(i).unwrap_or(&0.0))
+                    .map(|(i, x)| 2.0 * x + 0.25 - t.get(i).unwrap_or(&0.0))
                     .collect();
                 for (g, w) in got.iter().zip(&want) {
                     assert!(g == w || (g.is_nan() && w.is_nan()), "n {n}: {g} vs {w}");
