@@ -13,7 +13,7 @@
 #          so 10M x 576 keys (11 GiB as f16) fit in 24 GiB; about an hour on 2 cores.
 # Settings: WORK (runs/bench-real), SENTENCES (200000: all the corpora give, if fewer),
 # LM_TOKENS (all of WikiText-2 valid; or put lm.npy and lm.queries.npy from `ralm knnlm
-# export-keys` of any datastore in $WORK), IVF_A, IVF_B and IVF_C (nlist,m,nprobe lists), MIN_TIME (seconds
+# export-keys` of any datastore in $WORK), IVF_A, IVF_B and IVF_C (lists of nlist,m,nprobe[/nprobe...][,nbits]), MIN_TIME (seconds
 # each queries/s figure is measured over, at least: 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,14 +62,14 @@ case "$what" in
             scripts/bench_index.sh --keys "$work/sentences.npy" \
                 --queries "$work/sentences.queries.npy" --metric ip --k 10 --batch 100 \
                 --min-time "${MIN_TIME:-2}" \
-                $(ivf_flags "${IVF_A:-1024,48,8 1024,48,32 1024,96,32}")
+                $(ivf_flags "${IVF_A:-1024,48,8/16/32 1024,96,8/16/32 1024,96,8/16/32,4}")
         fi
         if [ "$what" != sentences ]; then
             echo "== (b) SmolLM2 kNN-LM keys, L2, k 32"
             # shellcheck disable=SC2046
             scripts/bench_index.sh --keys "$work/lm.npy" --queries "$work/lm.queries.npy" \
                 --metric l2 --key-type f16 --k 32 --batch 64 --rerank 128 \
-                --min-time "${MIN_TIME:-2}" $(ivf_flags "${IVF_B:-256,64,8 256,64,32}")
+                --min-time "${MIN_TIME:-2}" $(ivf_flags "${IVF_B:-256,64,8/16/32 256,144,8/16/32,4}")
         fi
         ;;
     scale)
