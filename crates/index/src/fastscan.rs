@@ -265,17 +265,21 @@ mod tests {
                 unit: 1.0,
                 bias: 0.0,
             };
-            let want: Vec<f32> = codes
-                .iter()
-                .map(|c| {
-                    let sum: u32 = c
-                        .iter()
-                        .enumerate()
-                        .map(|(j, &x)| t.lut[j * 16 + x as usize] as u32)
-                        .sum();
-                    sum as f32
-                })
-                .collect();
+            // What `scores` should give: bias + unit · Σ table bytes, code by code.
+            let expected = |t: &ByteTables| -> Vec<f32> {
+                codes
+                    .iter()
+                    .map(|c| {
+                        let sum: u32 = c
+                            .iter()
+                            .enumerate()
+                            .map(|(j, &x)| t.lut[j * 16 + x as usize] as u32)
+                            .sum();
+                        t.bias + t.unit * sum as f32
+                    })
+                    .collect()
+            };
+            let want = expected(&t);
             // The second query's tables are the first's reversed, scaled and shifted.
             let mut lut2 = t.lut.clone();
             lut2.reverse();
@@ -284,17 +288,7 @@ mod tests {
                 unit: 0.5,
                 bias: -3.0,
             };
-            let want2: Vec<f32> = codes
-                .iter()
-                .map(|c| {
-                    let sum: u32 = c
-                        .iter()
-                        .enumerate()
-                        .map(|(j, &x)| t2.lut[j * 16 + x as usize] as u32)
-                        .sum();
-                    -3.0 + 0.5 * sum as f32
-                })
-                .collect();
+            let want2 = expected(&t2);
             let mut out = vec![0f32; nb * BLOCK];
             scores_portable(&t, &blocks, m, &mut out);
             assert_eq!(out[..n], want[..], "m {m} portable");
