@@ -78,28 +78,22 @@ pub(crate) fn scan(rows: &Rows, queries: &[f32], k: usize) -> Vec<TopK> {
                     for (qi, top) in s.tops.iter_mut().enumerate() {
                         let row = &mut s.out[qi * ld..qi * ld + n];
                         // L2: 2⟨q, x⟩ − ‖q‖² − ‖x‖².
-                        let f = match l2 {
-                            true => kernel::Affine {
+                        let f = if l2 {
+                            kernel::Affine {
                                 scale: 2.0,
                                 offset: -qnorms[qi],
                                 terms: &seg.norms[r0..r1],
-                            },
-                            false => kernel::Affine {
+                            }
+                        } else {
+                            kernel::Affine {
                                 scale: 1.0,
                                 offset: 0.0,
                                 terms: &[],
-                            },
-                        };
-                        s.pass.clear();
-                        kernel::select(row, f, top.threshold(), &mut s.pass);
-                        let mut thr = top.threshold();
-                        for &j in &s.pass {
-                            let (score, j) = (row[j as usize], j as usize);
-                            if score >= thr && !rows.is_dead(off + r0 + j) {
-                                top.push(score, seg.ids[r0 + j]);
-                                thr = top.threshold();
                             }
-                        }
+                        };
+                        top.offer_block(row, f, &mut s.pass, |j| {
+                            (!rows.is_dead(off + r0 + j)).then(|| seg.ids[r0 + j])
+                        });
                     }
                     s
                 })

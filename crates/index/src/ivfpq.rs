@@ -604,21 +604,15 @@ fn offer(
     all: &Rows,
     pass: &mut Vec<u32>,
 ) {
-    pass.clear();
     let f = kernel::Affine {
         scale: 1.0,
         offset: base,
         terms,
     };
-    kernel::select(dists, f, top.threshold(), pass);
-    let mut thr = top.threshold();
-    for &i in pass.iter() {
-        let (score, row) = (dists[i as usize], rows[i as usize]);
-        if score >= thr && !all.is_dead(row as usize) {
-            top.push(score, row);
-            thr = top.threshold();
-        }
-    }
+    top.offer_block(dists, f, pass, |i| {
+        let row = rows[i];
+        (!all.is_dead(row as usize)).then_some(row)
+    });
 }
 
 /// The `k`-th best score of `scored` (−∞ if it holds `k` or fewer), reordering it; NaN scores

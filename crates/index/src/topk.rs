@@ -1,5 +1,7 @@
 //! Bounded top-k selection with deterministic tie breaking (higher score, then smaller id).
 
+use crate::kernel::{self, Affine};
+
 /// Ranking order: higher score first, then smaller id.
 #[inline]
 fn rank(a: &(f32, u64), b: &(f32, u64)) -> std::cmp::Ordering {
@@ -13,6 +15,8 @@ fn rank(a: &(f32, u64), b: &(f32, u64)) -> std::cmp::Ordering {
 pub(crate) struct TopK {
     k: usize,
     buf: Vec<(f32, u64)>,
+    /// A score below which a candidate cannot be among the best `k` (−∞ until the first cut);
+    /// it may lag behind the `k`-th best score.
     thr: f32,
 }
 
@@ -26,13 +30,6 @@ impl TopK {
         }
     }
 
-    /// A score below which a candidate cannot be among the best `k` (−∞ until `k` are kept);
-    /// it may lag behind the `k`-th best score.
-    #[inline]
-    pub fn threshold(&self) -> f32 {
-        self.thr
-    }
-
     /// Offers a candidate; NaN scores are ignored.
     #[inline]
     pub fn push(&mut self, score: f32, id: u64) {
@@ -43,6 +40,28 @@ impl TopK {
             self.cut();
         }
         self.buf.push((score, id));
+    }
+
+    /// Turns a block of raw `scores` into scores by `f` (in place, `kernel::select`) and offers
+    /// each position `i` whose score reaches the threshold under the id `id(i)`, skipping the
+    /// positions it gives `None` for (deleted rows); `pass` is scratch.
+    pub fn offer_block(
+        &mut self,
+        scores: &mut [f32],
+        f: Affine<'_>,
+        pass: &mut Vec<u32>,
+        id: impl Fn(usize) -> Option<u64>,
+    ) {
+        pass.clear();
+        kernel::select(scores, f, self.thr, pass);
+        for &i in pass.iter() {
+            let (score, i) = (scores[i as usize], i as usize);
+            if score >= self.thr {
+                if let Some(id) = id(i) {
+                    self.push(score, id);
+                }
+            }
+        }
     }
 
     /// Offers every candidate of `other`.
