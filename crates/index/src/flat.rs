@@ -77,20 +77,7 @@ pub(crate) fn scan(rows: &Rows, queries: &[f32], k: usize) -> Vec<TopK> {
                     kernel::dots(&qpack, nc, &s.panels, np, dim, &mut s.out);
                     for (qi, top) in s.tops.iter_mut().enumerate() {
                         let row = &mut s.out[qi * ld..qi * ld + n];
-                        // L2: 2⟨q, x⟩ − ‖q‖² − ‖x‖².
-                        let f = if l2 {
-                            kernel::Affine {
-                                scale: 2.0,
-                                offset: -qnorms[qi],
-                                terms: &seg.norms[r0..r1],
-                            }
-                        } else {
-                            kernel::Affine {
-                                scale: 1.0,
-                                offset: 0.0,
-                                terms: &[],
-                            }
-                        };
+                        let f = kernel::Affine::exact(l2, qnorms[qi], &seg.norms, r0..r1);
                         top.offer_block(row, f, &mut s.pass, |j| {
                             (!rows.is_dead(off + r0 + j)).then(|| seg.ids[r0 + j])
                         });

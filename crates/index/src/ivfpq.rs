@@ -6,9 +6,10 @@
 use rayon::prelude::*;
 
 use crate::array::Array;
+use crate::coarse::Coarse;
 use crate::error::{IndexError, Result};
 use crate::fastscan::{self, ByteTables};
-use crate::flat::{self, check_ids, check_queries};
+use crate::flat::{check_ids, check_queries};
 use crate::kernel;
 use crate::kmeans;
 use crate::metric::{KeyType, Metric};
@@ -131,7 +132,7 @@ pub struct IvfPqIndex {
     pub(crate) rows: Rows,
     pub(crate) params: IvfPqParams,
     pub(crate) centroids: Array<f32>,
-    coarse: Rows,
+    coarse: Coarse,
     pub(crate) books: Array<f32>,
     /// `books` transposed to `m × dsub × ksub`, for building distance tables.
     books_t: Vec<f32>,
@@ -216,8 +217,9 @@ impl IvfPqIndex {
         pick.sort_unstable();
         let sample = gather(&rows, &pick);
         let centroids = kmeans::kmeans(&sample, dim, nlist, params.iters, params.seed)?;
-        let coarse = kmeans::centroid_rows(&centroids, dim, rows.metric.kernel());
-        let residuals = residuals(&centroids, dim, &sample, &kmeans::assign(&coarse, &sample));
+        let coarse = Coarse::new(&centroids, dim, rows.metric.kernel());
+        let assign = kmeans::assign(coarse.rows(), &sample);
+        let residuals = residuals(&centroids, dim, &sample, &assign);
         let books = pq::train(&residuals, dim, m, ksub, params.iters, params.seed ^ 0x5051)?;
         let mut idx = IvfPqIndex {
             params: params.clone(),
@@ -255,7 +257,7 @@ impl IvfPqIndex {
         list_rows: Array<u64>,
         provenance: serde_json::Value,
     ) -> Self {
-        let coarse = kmeans::centroid_rows(&centroids, rows.dim, rows.metric.kernel());
+        let coarse = Coarse::new(&centroids, rows.dim, rows.metric.kernel());
         let books_t = pq::transpose_books(&books, rows.dim / params.m, pq::ksub(params.nbits));
         let mut idx = IvfPqIndex {
             tails: vec![Tail::default(); params.nlist],
@@ -283,7 +285,7 @@ impl IvfPqIndex {
     /// Encodes rows `r0..r1` into the list tails.
     fn encode_rows(&mut self, r0: usize, r1: usize) {
         let data = gather(&self.rows, &(r0..r1).collect::<Vec<_>>());
-        let assign = kmeans::assign(&self.coarse, &data);
+        let assign = kmeans::assign(self.coarse.rows(), &data);
         let res = residuals(&self.centroids, self.rows.dim, &data, &assign);
         let codes = pq::encode(&self.books, self.rows.dim, self.params.m, &res);
         let l2 = self.rows.metric == Metric::L2;
@@ -682,7 +684,7 @@ impl Index for IvfPqIndex {
         let dim = self.rows.dim;
         let q = self.rows.prepare(queries);
         let nprobe = params.nprobe.clamp(1, self.params.nlist);
-        let probes = flat::scan(&self.coarse, &q, nprobe);
+        let probes = self.coarse.probe(&q, nprobe);
         let cap = params.rerank.map_or(k, |r| r.max(k));
         let cands: Vec<TopK> = if self.params.blocked() {
             self.scan_lists(&q, probes, cap)

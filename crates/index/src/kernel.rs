@@ -246,6 +246,27 @@ pub(crate) struct Affine<'a> {
     pub terms: &'a [f32],
 }
 
+impl<'a> Affine<'a> {
+    /// Products with a query turned into exact-search scores: `2⟨q, x⟩ − ‖q‖² − ‖x‖²` for L2
+    /// (`qnorm` = ‖q‖², `norms[rows]` = each ‖x‖², unused otherwise), the product itself
+    /// otherwise.
+    pub fn exact(l2: bool, qnorm: f32, norms: &'a [f32], rows: std::ops::Range<usize>) -> Self {
+        if l2 {
+            Affine {
+                scale: 2.0,
+                offset: -qnorm,
+                terms: &norms[rows],
+            }
+        } else {
+            Affine {
+                scale: 1.0,
+                offset: 0.0,
+                terms: &[],
+            }
+        }
+    }
+}
+
 /// Turns `d` into scores by `f` in place and appends to `pass` the positions whose score
 /// reaches `thr` (NaN never does).
 pub(crate) fn select(d: &mut [f32], f: Affine<'_>, thr: f32, pass: &mut Vec<u32>) {

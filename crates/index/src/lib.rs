@@ -5,6 +5,7 @@
 
 mod array;
 pub mod builder;
+mod coarse;
 pub mod error;
 mod fastscan;
 pub mod flat;
