@@ -1,8 +1,6 @@
 //! The coarse quantiser of IVF: its centroids, packed once into the exact kernel's panels, and
 //! the choice of the lists each query probes.
 
-use rayon::prelude::*;
-
 use crate::kernel::{self, KeyRows, PANEL, QB};
 use crate::kmeans;
 use crate::metric::Metric;
@@ -45,16 +43,14 @@ impl Coarse {
     }
 
     /// The `nprobe` best lists (score, list) of each prepared query (`nq × dim`), scored as the
-    /// exact search scores them.
+    /// exact search scores them (on the calling thread).
     pub fn probe(&self, queries: &[f32], nprobe: usize) -> Vec<TopK> {
         let dim = self.rows.dim;
         let l2 = self.rows.metric == Metric::L2;
         let nlist = self.norms.len();
-        let per_thread = (queries.len() / dim).div_ceil(rayon::current_num_threads());
-        let chunk = per_thread.div_ceil(QB).clamp(1, QUERY_CHUNK / QB) * QB;
         queries
-            .par_chunks(chunk * dim)
-            .flat_map_iter(|qs| {
+            .chunks(QUERY_CHUNK * dim)
+            .flat_map(|qs| {
                 let nc = qs.len() / dim;
                 let qpack = kernel::pack_queries(qs, nc, dim);
                 let qnorms: Vec<f32> = qs.chunks_exact(dim).map(kernel::norm2).collect();
@@ -104,7 +100,11 @@ mod tests {
                 let got: Vec<_> = coarse.probe(&queries, nprobe);
                 let want = flat::scan(coarse.rows(), &queries, nprobe);
                 for (g, w) in got.into_iter().zip(want) {
-                    assert_eq!(g.into_sorted(), w.into_sorted(), "{metric:?} nprobe {nprobe}");
+                    assert_eq!(
+                        g.into_sorted(),
+                        w.into_sorted(),
+                        "{metric:?} nprobe {nprobe}"
+                    );
                 }
             }
         }

@@ -119,8 +119,6 @@ impl IvfPqParams {
 
 /// Codes scored per call of the distance kernel.
 const ADC_BLOCK: usize = 256;
-/// Candidates whose full keys are prefetched ahead of the one being re-ranked.
-const RERANK_AHEAD: usize = 4;
 /// Rows encoded per progress step.
 const ENCODE_CHUNK: usize = 16_384;
 
@@ -501,21 +499,19 @@ impl IvfPqIndex {
     /// Top candidates of every prepared query in `q` over its probed lists (4-bit codes), with
     /// the tables of `scan_query` quantised to bytes. Each probed list is scanned once for all
     /// the queries that probe it, a chunk of codes at a time, so its codes are read from memory
-    /// once per batch rather than once per query, and two queries share each load of the codes
-    /// into registers; lists are shared out between threads.
+    /// once per call rather than once per query, and two queries share each load of the codes
+    /// into registers.
     fn scan_lists(&self, q: &[f32], probes: Vec<TopK>, cap: usize) -> Vec<TopK> {
-        let (m, nq) = (self.params.m, probes.len());
+        let m = self.params.m;
+        let mut t = vec![0f32; m * 16];
         let tables: Vec<ByteTables> = q
-            .par_chunks(self.rows.dim)
-            .map_init(
-                || vec![0f32; m * 16],
-                |t, qv| {
-                    self.query_table(qv, t);
-                    let mut b = ByteTables::new(m);
-                    b.quantise(t);
-                    b
-                },
-            )
+            .chunks_exact(self.rows.dim)
+            .map(|qv| {
+                self.query_table(qv, &mut t);
+                let mut b = ByteTables::new(m);
+                b.quantise(&t);
+                b
+            })
             .collect();
         // (list, query, base score), grouped by list.
         let mut visits: Vec<(u64, usize, f32)> = probes
@@ -524,28 +520,13 @@ impl IvfPqIndex {
             .flat_map(|(qi, p)| p.into_sorted().into_iter().map(move |(b, l)| (l, qi, b)))
             .collect();
         visits.sort_unstable_by_key(|v| (v.0, v.1));
-        let lists: Vec<&[(u64, usize, f32)]> = visits.chunk_by(|a, b| a.0 == b.0).collect();
-        // One share of the lists per thread, dealt out in turn for balance: each share keeps its
-        // own candidates per query, so more shares would mean more thresholds starting at −∞.
-        let shares = rayon::current_num_threads().min(lists.len()).max(1);
-        let fresh = || vec![TopK::new(cap); nq];
-        (0..shares)
-            .into_par_iter()
-            .map(|share| {
-                let (mut tops, mut s) = (fresh(), Scratch::new(0));
-                for visits in lists.iter().skip(share).step_by(shares) {
-                    for part in self.list(visits[0].0 as usize) {
-                        self.scan_blocks(&part, visits, &tables, &mut tops, &mut s);
-                    }
-                }
-                tops
-            })
-            .reduce(fresh, |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    x.merge(y);
-                }
-                a
-            })
+        let (mut tops, mut s) = (vec![TopK::new(cap); tables.len()], Scratch::new(0));
+        for visits in visits.chunk_by(|a, b| a.0 == b.0) {
+            for part in self.list(visits[0].0 as usize) {
+                self.scan_blocks(&part, visits, &tables, &mut tops, &mut s);
+            }
+        }
+        tops
     }
 
     /// Offers the 4-bit codes of `part` to the candidates of each of the `visits` (list, query,
@@ -592,6 +573,58 @@ impl IvfPqIndex {
                 }
             }
         }
+    }
+
+    /// The top `k` of each prepared query of `q` (searched on the calling thread).
+    fn search_share(&self, q: &[f32], k: usize, params: &SearchParams) -> Vec<TopK> {
+        let dim = self.rows.dim;
+        let nprobe = params.nprobe.clamp(1, self.params.nlist);
+        let probes = self.coarse.probe(q, nprobe);
+        let cap = params.rerank.map_or(k, |r| r.max(k));
+        let cands: Vec<TopK> = if self.params.blocked() {
+            self.scan_lists(q, probes, cap)
+        } else {
+            let mut s = Scratch::new(self.params.m * pq::KSUB);
+            q.chunks_exact(dim)
+                .zip(probes)
+                .map(|(qv, probe)| self.scan_query(qv, probe.into_sorted(), cap, &mut s))
+                .collect()
+        };
+        q.chunks_exact(dim)
+            .zip(cands)
+            .map(|(qv, cands)| {
+                if params.rerank.is_some() {
+                    self.rerank(qv, cands, k)
+                } else {
+                    let mut top = TopK::new(k);
+                    for (s, row) in cands.into_sorted() {
+                        top.push(s, self.rows.id(row as usize));
+                    }
+                    top
+                }
+            })
+            .collect()
+    }
+
+    /// The top `k` by exact score among the candidate rows `cands` of the prepared query `qv`.
+    fn rerank(&self, qv: &[f32], cands: TopK, k: usize) -> TopK {
+        let qn = if self.rows.metric == Metric::L2 {
+            kernel::norm2(qv)
+        } else {
+            0.0
+        };
+        let rows: Vec<u64> = cands.into_sorted().into_iter().map(|c| c.1).collect();
+        let mut exact = Vec::with_capacity(rows.len());
+        self.rows.scores(qv, qn, &rows, &mut exact);
+        // Ids are looked up (at random) only for the rows that can be kept.
+        let least = kth_best(&mut exact, k);
+        let mut top = TopK::new(k);
+        for (s, row) in exact {
+            if s >= least {
+                top.push(s, self.rows.id(row as usize));
+            }
+        }
+        top
     }
 }
 
@@ -683,59 +716,14 @@ impl Index for IvfPqIndex {
         check_queries(&self.rows, queries)?;
         let dim = self.rows.dim;
         let q = self.rows.prepare(queries);
-        let nprobe = params.nprobe.clamp(1, self.params.nlist);
-        let probes = self.coarse.probe(&q, nprobe);
-        let cap = params.rerank.map_or(k, |r| r.max(k));
-        let cands: Vec<TopK> = if self.params.blocked() {
-            self.scan_lists(&q, probes, cap)
-        } else {
-            q.par_chunks(dim)
-                .zip(probes)
-                .map_init(
-                    || Scratch::new(self.params.m * pq::KSUB),
-                    |s, (qv, probe)| self.scan_query(qv, probe.into_sorted(), cap, s),
-                )
-                .collect()
-        };
+        // One share of the queries per thread, each searched start to end on its own: no
+        // waiting between the steps, and no candidates to merge.
+        let per_thread = (q.len() / dim)
+            .div_ceil(rayon::current_num_threads())
+            .max(1);
         let tops: Vec<TopK> = q
-            .par_chunks(dim)
-            .zip(cands)
-            .map_init(
-                || vec![0f32; dim],
-                |key, (qv, cands)| {
-                    let mut top = TopK::new(k);
-                    if params.rerank.is_some() {
-                        let qn = if self.rows.metric == Metric::L2 {
-                            kernel::norm2(qv)
-                        } else {
-                            0.0
-                        };
-                        let cands = cands.into_sorted();
-                        for &(_, row) in &cands[..cands.len().min(RERANK_AHEAD)] {
-                            self.rows.prefetch(row as usize);
-                        }
-                        let mut exact = Vec::with_capacity(cands.len());
-                        for (i, &(_, row)) in cands.iter().enumerate() {
-                            if let Some(&(_, next)) = cands.get(i + RERANK_AHEAD) {
-                                self.rows.prefetch(next as usize);
-                            }
-                            exact.push((self.rows.score(qv, qn, row as usize, key), row));
-                        }
-                        // Ids are looked up (at random) only for the rows that can be kept.
-                        let least = kth_best(&mut exact, k);
-                        for (s, row) in exact {
-                            if s >= least {
-                                top.push(s, self.rows.id(row as usize));
-                            }
-                        }
-                    } else {
-                        for (s, row) in cands.into_sorted() {
-                            top.push(s, self.rows.id(row as usize));
-                        }
-                    }
-                    top
-                },
-            )
+            .par_chunks(per_thread * dim)
+            .flat_map_iter(|qs| self.search_share(qs, k, params))
             .collect();
         Ok(Hits::from_tops(k, tops))
     }

@@ -316,6 +316,107 @@ unsafe fn select_avx2(d: &mut [f32], f: Affine<'_>, thr: f32, pass: &mut Vec<u32
     select_from(d, n, f, thr, pass)
 }
 
+/// Inner products of `q` with `N` key rows (each at least `q.len()` long), read together so
+/// that `N` streams of memory reads overlap (re-ranking reads rows at random).
+pub(crate) fn row_dots<const N: usize>(q: &[f32], rows: [KeyRows<'_>; N]) -> [f32; N] {
+    let len = |r: &KeyRows<'_>| match r {
+        KeyRows::F32(x) => x.len(),
+        KeyRows::F16(x) => x.len(),
+    };
+    assert!(rows.iter().all(|r| len(r) >= q.len()));
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: AVX2 and FMA are present (F16C too where f16 rows are read: checked below);
+        // every row covers `q` (checked above).
+        if let Some(rows) = each(&rows, |r| match r {
+            KeyRows::F32(x) => Some(*x),
+            KeyRows::F16(_) => None,
+        }) {
+            return unsafe { row_dots_f32_avx2(q, rows) };
+        }
+        if let Some(rows) = each(&rows, |r| match r {
+            KeyRows::F16(x) => Some(*x),
+            KeyRows::F32(_) => None,
+        }) {
+            if std::is_x86_feature_detected!("f16c") {
+                return unsafe { row_dots_f16_avx2(q, rows) };
+            }
+        }
+    }
+    rows.map(|r| match r {
+        KeyRows::F32(x) => q.iter().zip(x).map(|(a, b)| a * b).sum(),
+        KeyRows::F16(x) => q.iter().zip(x).map(|(a, b)| a * b.to_f32()).sum(),
+    })
+}
+
+/// `rows` all of one precision, if they are (`f` picks that precision's slice).
+#[cfg(target_arch = "x86_64")]
+fn each<'a, T, const N: usize>(
+    rows: &[KeyRows<'a>; N],
+    f: impl Fn(&KeyRows<'a>) -> Option<&'a [T]>,
+) -> Option<[&'a [T]; N]> {
+    let picked = rows.each_ref().map(f);
+    picked
+        .iter()
+        .all(Option::is_some)
+        .then(|| picked.map(Option::unwrap))
+}
+
+/// `row_dots` of f32 rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_dots_f32_avx2<const N: usize>(q: &[f32], rows: [&[f32]; N]) -> [f32; N] {
+    use std::arch::x86_64::*;
+    row_dots_lanes(q, rows, |p| _mm256_loadu_ps(p), |x| x)
+}
+
+/// `row_dots` of f16 rows, widened eight at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn row_dots_f16_avx2<const N: usize>(q: &[f32], rows: [&[f16]; N]) -> [f32; N] {
+    use std::arch::x86_64::*;
+    row_dots_lanes(
+        q,
+        rows,
+        |p| _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+        f16::to_f32,
+    )
+}
+
+/// The body of `row_dots`: eight lanes per row, `load` reading eight values as f32 and
+/// `widen` one, for the last `q.len() % 8`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn row_dots_lanes<T: Copy, const N: usize>(
+    q: &[f32],
+    rows: [&[T]; N],
+    load: impl Fn(*const T) -> std::arch::x86_64::__m256,
+    widen: impl Fn(T) -> f32,
+) -> [f32; N] {
+    use std::arch::x86_64::*;
+    let n = q.len() - q.len() % 8;
+    let mut acc = [_mm256_setzero_ps(); N];
+    for i in (0..n).step_by(8) {
+        let qv = _mm256_loadu_ps(q.as_ptr().add(i));
+        for (a, r) in acc.iter_mut().zip(&rows) {
+            *a = _mm256_fmadd_ps(qv, load(r.as_ptr().add(i)), *a);
+        }
+    }
+    let mut out = [0f32; N];
+    for ((o, a), r) in out.iter_mut().zip(acc).zip(&rows) {
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), a);
+        let tail: f32 = q[n..]
+            .iter()
+            .zip(&r[n..])
+            .map(|(&x, &y)| x * widen(y))
+            .sum();
+        *o = lanes.iter().sum::<f32>() + tail;
+    }
+    out
+}
+
 /// Asks the CPU to start loading the cache line that holds `p` (a hint: no effect off x86-64).
 #[inline(always)]
 pub(crate) fn prefetch<T>(p: *const T) {
@@ -432,6 +533,40 @@ mod tests {
                 }
                 let picked: Vec<u32> = (0..n as u32).filter(|&i| want[i as usize] >= 0.1).collect();
                 assert_eq!(pass, picked, "n {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn row_dots_match_naive_for_each_precision_and_mixed() {
+        let mut rng = crate::rng::Rng::new(12);
+        for dim in [3, 37, 576] {
+            let q: Vec<f32> = (0..dim).map(|_| rng.normal()).collect();
+            let keys: Vec<Vec<f32>> = (0..8)
+                .map(|_| (0..dim).map(|_| rng.normal()).collect())
+                .collect();
+            let halves: Vec<Vec<f16>> = keys
+                .iter()
+                .map(|k| k.iter().map(|&x| f16::from_f32(x)).collect())
+                .collect();
+            let naive = |k: &[f32]| q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>();
+            // All f32, all f16, and a mix (which takes the one-value-at-a-time path).
+            for mix in [0u32, 0xff, 0b1010_0110] {
+                let rows: [KeyRows<'_>; 8] = std::array::from_fn(|j| {
+                    if mix >> j & 1 == 1 {
+                        KeyRows::F16(&halves[j])
+                    } else {
+                        KeyRows::F32(&keys[j])
+                    }
+                });
+                for (j, got) in row_dots(&q, rows).into_iter().enumerate() {
+                    let want = if mix >> j & 1 == 1 {
+                        naive(&halves[j].iter().map(|x| x.to_f32()).collect::<Vec<_>>())
+                    } else {
+                        naive(&keys[j])
+                    };
+                    assert!((got - want).abs() <= 1e-4 * dim as f32, "dim {dim} row {j}");
+                }
             }
         }
     }

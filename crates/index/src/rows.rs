@@ -10,6 +10,9 @@ use crate::error::{IndexError, Result};
 use crate::kernel::{self, KeyRows};
 use crate::metric::{KeyType, Metric};
 
+/// Keys scored together by `Rows::scores`.
+const ROWS_AT_ONCE: usize = 8;
+
 /// Stored keys of either precision.
 pub(crate) enum Keys {
     /// f32 keys.
@@ -160,29 +163,36 @@ impl Rows {
         row_f32(s.keys.rows(), self.dim, i, out)
     }
 
-    /// Starts loading row `r`'s key and norm into the cache, so that a `score` of it a little
-    /// later does not wait on memory (re-ranking reads rows in random order).
-    #[inline]
-    pub fn prefetch(&self, r: usize) {
-        let (s, i) = self.locate(r);
-        for line in s.keys.row_bytes(self.dim, i, i + 1).chunks(64) {
-            kernel::prefetch(line.as_ptr());
-        }
-        if let Some(n) = s.norms.get(i) {
-            kernel::prefetch(n);
-        }
-    }
-
-    /// Exact score of a prepared query against row `r` (`buf` has `dim` floats of scratch).
-    pub fn score(&self, q: &[f32], qnorm: f32, r: usize, buf: &mut [f32]) -> f32 {
-        self.key(r, buf);
-        let d = kernel::dot(q, buf);
-        match self.metric {
-            Metric::L2 => {
-                let (s, i) = self.locate(r);
-                2.0 * d - qnorm - s.norms[i]
+    /// Exact scores of a prepared query against each of `rows` (read at random), appended to
+    /// `out` as (score, row). The first line of every key (and its norm) is requested up front, and keys are
+    /// read `ROWS_AT_ONCE` at a time (`kernel::row_dots`), so that many reads overlap.
+    pub fn scores(&self, q: &[f32], qnorm: f32, rows: &[u64], out: &mut Vec<(f32, u64)>) {
+        let dim = self.dim;
+        for &r in rows {
+            let (s, i) = self.locate(r as usize);
+            kernel::prefetch(s.keys.row_bytes(dim, i, i + 1).as_ptr());
+            if let Some(n) = s.norms.get(i) {
+                kernel::prefetch(n);
             }
-            _ => d,
+        }
+        for group in rows.chunks(ROWS_AT_ONCE) {
+            // A short last group repeats its last row.
+            let at: [_; ROWS_AT_ONCE] =
+                std::array::from_fn(|j| self.locate(group[j.min(group.len() - 1)] as usize));
+            let dots = kernel::row_dots(
+                q,
+                at.map(|(s, i)| match s.keys.rows() {
+                    KeyRows::F32(k) => KeyRows::F32(&k[i * dim..(i + 1) * dim]),
+                    KeyRows::F16(k) => KeyRows::F16(&k[i * dim..(i + 1) * dim]),
+                }),
+            );
+            for ((&row, d), (s, i)) in group.iter().zip(dots).zip(at) {
+                let score = match self.metric {
+                    Metric::L2 => 2.0 * d - qnorm - s.norms[i],
+                    _ => d,
+                };
+                out.push((score, row));
+            }
         }
     }
 

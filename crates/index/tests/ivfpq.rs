@@ -73,6 +73,42 @@ fn recall_at_10_with_4_bit_codes() {
 }
 
 #[test]
+fn reranking_every_key_of_every_list_is_exact_search() {
+    // An odd dimension (the exact kernel's 8-wide steps leave a tail), keys both in the built
+    // index and appended after it (two segments), and more re-ranked keys than a multiple of
+    // the rows read together.
+    let (dim, n, extra) = (30, 2_500, 501);
+    let keys = clustered(n + extra + 20, dim, 40, 3);
+    let (keys, queries) = keys.split_at((n + extra) * dim);
+    let ids: Vec<u64> = (0..(n + extra) as u64).map(|i| 3 * i + 1).collect();
+    for (metric, ty) in METRICS {
+        for nbits in [8, 4] {
+            let params = IvfPqParams::new(16, 10, 1).with_nbits(nbits);
+            let mut idx =
+                IvfPqIndex::build(dim, metric, ty, &keys[..n * dim], &ids[..n], &params).unwrap();
+            idx.append(&keys[n * dim..], &ids[n..]).unwrap();
+            let sp = SearchParams {
+                nprobe: 16,
+                rerank: Some(n + extra),
+            };
+            let got = idx.search(queries, 10, &sp).unwrap();
+            let want = naive(metric, &stored(keys, ty), &ids, queries, dim, 10);
+            for (i, w) in want.iter().enumerate() {
+                let (got_ids, got_scores) = got.row(i);
+                let want_ids: Vec<u64> = w.iter().map(|x| x.0).collect();
+                assert_eq!(got_ids, want_ids, "{metric} {nbits}-bit query {i}");
+                for (&g, &(_, s)) in got_scores.iter().zip(w) {
+                    assert!(
+                        (g as f64 - s).abs() <= 1e-4 * s.abs().max(1.0),
+                        "{metric} {nbits}-bit query {i}: score {g} vs {s}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn same_seed_same_index_different_seed_differs() {
     let (keys, ids, queries) = data();
     let keys = &keys[..6000 * DIM];
