@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use crate::error::{IndexError, Result};
-use crate::kernel::{self, KeyRows, PANEL};
+use crate::kernel::{self, PANEL};
 use crate::metric::{KeyType, Metric};
 use crate::rows::{Rows, Segment};
 use crate::topk::TopK;
@@ -22,13 +22,6 @@ struct Scratch {
     panels: Vec<f32>,
     out: Vec<f32>,
     pass: Vec<u32>,
-}
-
-fn sub_rows(rows: KeyRows<'_>, dim: usize, r0: usize, r1: usize) -> KeyRows<'_> {
-    match rows {
-        KeyRows::F32(k) => KeyRows::F32(&k[r0 * dim..r1 * dim]),
-        KeyRows::F16(k) => KeyRows::F16(&k[r0 * dim..r1 * dim]),
-    }
 }
 
 /// Exact top-`k` of prepared queries (`nq × dim`) over all live rows, by row id.
@@ -67,12 +60,7 @@ pub(crate) fn scan(rows: &Rows, queries: &[f32], k: usize) -> Vec<TopK> {
                     let n = r1 - r0;
                     let np = n.div_ceil(PANEL);
                     let ld = np * PANEL;
-                    kernel::pack_keys(
-                        sub_rows(seg.keys.rows(), dim, r0, r1),
-                        n,
-                        dim,
-                        &mut s.panels,
-                    );
+                    kernel::pack_keys(seg.keys.rows().range(dim, r0, r1), n, dim, &mut s.panels);
                     s.out.resize(nc * ld, 0.0);
                     kernel::dots(&qpack, nc, &s.panels, np, dim, &mut s.out);
                     for (qi, top) in s.tops.iter_mut().enumerate() {

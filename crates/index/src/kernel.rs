@@ -31,6 +31,24 @@ pub(crate) enum KeyRows<'a> {
     F16(&'a [f16]),
 }
 
+impl<'a> KeyRows<'a> {
+    /// Rows `r0..r1` of rows of `dim` values.
+    pub fn range(self, dim: usize, r0: usize, r1: usize) -> Self {
+        match self {
+            KeyRows::F32(k) => KeyRows::F32(&k[r0 * dim..r1 * dim]),
+            KeyRows::F16(k) => KeyRows::F16(&k[r0 * dim..r1 * dim]),
+        }
+    }
+
+    /// Number of values.
+    fn len(&self) -> usize {
+        match self {
+            KeyRows::F32(k) => k.len(),
+            KeyRows::F16(k) => k.len(),
+        }
+    }
+}
+
 /// Packs `n` key rows into panels laid out `[panel][dim][PANEL]`, zero padded, into `out`
 /// (f16 rows are converted a row at a time, with the CPU's vector conversion where it has one).
 pub(crate) fn pack_keys(rows: KeyRows<'_>, n: usize, dim: usize, out: &mut Vec<f32>) {
@@ -319,11 +337,7 @@ unsafe fn select_avx2(d: &mut [f32], f: Affine<'_>, thr: f32, pass: &mut Vec<u32
 /// Inner products of `q` with `N` key rows (each at least `q.len()` long), read together so
 /// that `N` streams of memory reads overlap (re-ranking reads rows at random).
 pub(crate) fn row_dots<const N: usize>(q: &[f32], rows: [KeyRows<'_>; N]) -> [f32; N] {
-    let len = |r: &KeyRows<'_>| match r {
-        KeyRows::F32(x) => x.len(),
-        KeyRows::F16(x) => x.len(),
-    };
-    assert!(rows.iter().all(|r| len(r) >= q.len()));
+    assert!(rows.iter().all(|r| r.len() >= q.len()));
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: AVX2 and FMA are present (F16C too where f16 rows are read: checked below);

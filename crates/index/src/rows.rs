@@ -164,8 +164,9 @@ impl Rows {
     }
 
     /// Exact scores of a prepared query against each of `rows` (read at random), appended to
-    /// `out` as (score, row). The first line of every key (and its norm) is requested up front, and keys are
-    /// read `ROWS_AT_ONCE` at a time (`kernel::row_dots`), so that many reads overlap.
+    /// `out` as (score, row). The first line of every key (and its norm) is requested up front,
+    /// and keys are read `ROWS_AT_ONCE` at a time (`kernel::row_dots`), so that many reads
+    /// overlap.
     pub fn scores(&self, q: &[f32], qnorm: f32, rows: &[u64], out: &mut Vec<(f32, u64)>) {
         let dim = self.dim;
         for &r in rows {
@@ -179,13 +180,7 @@ impl Rows {
             // A short last group repeats its last row.
             let at: [_; ROWS_AT_ONCE] =
                 std::array::from_fn(|j| self.locate(group[j.min(group.len() - 1)] as usize));
-            let dots = kernel::row_dots(
-                q,
-                at.map(|(s, i)| match s.keys.rows() {
-                    KeyRows::F32(k) => KeyRows::F32(&k[i * dim..(i + 1) * dim]),
-                    KeyRows::F16(k) => KeyRows::F16(&k[i * dim..(i + 1) * dim]),
-                }),
-            );
+            let dots = kernel::row_dots(q, at.map(|(s, i)| s.keys.rows().range(dim, i, i + 1)));
             for ((&row, d), (s, i)) in group.iter().zip(dots).zip(at) {
                 let score = match self.metric {
                     Metric::L2 => 2.0 * d - qnorm - s.norms[i],
