@@ -97,15 +97,20 @@ impl ByteTables {
                 (if x < lo { x } else { lo }, if x > hi { x } else { hi })
             })
         };
+        let mut lows = [0f32; MAX_M];
         let (mut widest, mut bias) = (0f32, 0f32);
-        for t in table.chunks_exact(16) {
+        for (t, low) in table.chunks_exact(16).zip(&mut lows) {
             let (lo, hi) = range(t);
             widest = widest.max(hi - lo);
             bias += lo;
+            *low = lo;
         }
         let inv = self.set_unit(widest, bias);
-        for (t, q) in table.chunks_exact(16).zip(self.lut.chunks_exact_mut(16)) {
-            let lo = range(t).0;
+        for ((t, q), &lo) in table
+            .chunks_exact(16)
+            .zip(self.lut.chunks_exact_mut(16))
+            .zip(&lows)
+        {
             for (x, y) in t.iter().zip(q) {
                 // In 0..=255.5 and non-negative, so truncating after adding a half rounds.
                 *y = ((x - lo) * inv + 0.5) as u8;

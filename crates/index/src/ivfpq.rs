@@ -608,14 +608,9 @@ impl IvfPqIndex {
 
     /// The top `k` by exact score among the candidate rows `cands` of the prepared query `qv`.
     fn rerank(&self, qv: &[f32], cands: TopK, k: usize) -> TopK {
-        let qn = if self.rows.metric == Metric::L2 {
-            kernel::norm2(qv)
-        } else {
-            0.0
-        };
         let rows: Vec<u64> = cands.into_sorted().into_iter().map(|c| c.1).collect();
         let mut exact = Vec::with_capacity(rows.len());
-        self.rows.scores(qv, qn, &rows, &mut exact);
+        self.rows.scores(qv, &rows, &mut exact);
         // Ids are looked up (at random) only for the rows that can be kept.
         let least = kth_best(&mut exact, k);
         let mut top = TopK::new(k);

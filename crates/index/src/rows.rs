@@ -167,8 +167,10 @@ impl Rows {
     /// `out` as (score, row). The first line of every key (and its norm) is requested up front,
     /// and keys are read `ROWS_AT_ONCE` at a time (`kernel::row_dots`), so that many reads
     /// overlap.
-    pub fn scores(&self, q: &[f32], qnorm: f32, rows: &[u64], out: &mut Vec<(f32, u64)>) {
+    pub fn scores(&self, q: &[f32], rows: &[u64], out: &mut Vec<(f32, u64)>) {
         let dim = self.dim;
+        let l2 = self.metric == Metric::L2;
+        let qnorm = if l2 { kernel::norm2(q) } else { 0.0 };
         for &r in rows {
             let (s, i) = self.locate(r as usize);
             kernel::prefetch(s.keys.row_bytes(dim, i, i + 1).as_ptr());
@@ -182,10 +184,7 @@ impl Rows {
                 std::array::from_fn(|j| self.locate(group[j.min(group.len() - 1)] as usize));
             let dots = kernel::row_dots(q, at.map(|(s, i)| s.keys.rows().range(dim, i, i + 1)));
             for ((&row, d), (s, i)) in group.iter().zip(dots).zip(at) {
-                let score = match self.metric {
-                    Metric::L2 => 2.0 * d - qnorm - s.norms[i],
-                    _ => d,
-                };
+                let score = if l2 { 2.0 * d - qnorm - s.norms[i] } else { d };
                 out.push((score, row));
             }
         }
