@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::array::Array;
 use crate::error::{IndexError, Result};
 use crate::flat::{check_ids, FlatIndex};
-use crate::ivfpq::{IvfPqIndex, IvfPqParams, Progress};
+use crate::ivfpq::{check_row_count, IvfPqIndex, IvfPqParams, Progress};
 use crate::metric::{KeyType, Metric};
 use crate::persist::{open_index, AnyIndex, KeyFile, OpenOptions, Sink};
 use crate::rows::{Keys, Rows, Segment};
@@ -71,6 +71,10 @@ impl IndexBuilder {
         let c = &self.config;
         let mut chunk = Rows::empty(c.dim, c.metric, c.key_type);
         check_ids(&chunk, vectors, ids)?;
+        if let IndexKind::IvfPq(_) = c.kind {
+            // Refused now rather than after the whole stream was spilled.
+            check_row_count(self.ids.len() + ids.len())?;
+        }
         let v = chunk.prepare(vectors);
         chunk.append_prepared(&v, ids);
         let tail = &chunk.tail;

@@ -138,7 +138,8 @@ pub struct IvfPqIndex {
     /// Byte offset of each list's codes in `codes` (`nlist + 1`).
     code_starts: Vec<usize>,
     pub(crate) codes: Array<u8>,
-    pub(crate) list_rows: Array<u64>,
+    /// Row number of each listed code, in list order (u32: at most `MAX_ROWS` rows).
+    pub(crate) list_rows: Array<u32>,
     /// For L2, each listed code's query-independent distance term (`pq::code_term`), in list
     /// order; empty for the other metrics.
     terms: Vec<f32>,
@@ -150,7 +151,7 @@ pub struct IvfPqIndex {
 #[derive(Clone, Default)]
 struct Tail {
     codes: Vec<u8>,
-    rows: Vec<u64>,
+    rows: Vec<u32>,
     terms: Vec<f32>,
 }
 
@@ -159,7 +160,7 @@ struct Tail {
 #[derive(Clone, Copy)]
 pub(crate) struct ListPart<'a> {
     pub codes: &'a [u8],
-    pub rows: &'a [u64],
+    pub rows: &'a [u32],
     terms: &'a [f32],
 }
 
@@ -203,6 +204,7 @@ impl IvfPqIndex {
             .check(dim)
             .map_err(|e| IndexError::invalid(format!("IVF-PQ: {e}")))?;
         let n = rows.len();
+        check_row_count(n)?;
         let ksub = pq::ksub(params.nbits);
         let need = nlist.max(ksub);
         if n < need {
@@ -252,7 +254,7 @@ impl IvfPqIndex {
         books: Array<f32>,
         offsets: Array<u64>,
         codes: Array<u8>,
-        list_rows: Array<u64>,
+        list_rows: Array<u32>,
         provenance: serde_json::Value,
     ) -> Self {
         let coarse = Coarse::new(&centroids, rows.dim, rows.metric.kernel());
@@ -299,7 +301,8 @@ impl IvfPqIndex {
             }
             let t = &mut self.tails[l];
             self.params.push_code(&mut t.codes, t.rows.len(), code);
-            t.rows.push((r0 + i) as u64);
+            // `check_row_count` keeps every row number within u32.
+            t.rows.push((r0 + i) as u32);
         }
     }
 
@@ -351,8 +354,8 @@ impl IvfPqIndex {
     /// renumbered by `renumber` and dropped where it gives `None`.
     pub(crate) fn merged_lists(
         &self,
-        renumber: &dyn Fn(u64) -> Option<u64>,
-    ) -> (Vec<u64>, Vec<u8>, Vec<u64>) {
+        renumber: &dyn Fn(u32) -> Option<u32>,
+    ) -> (Vec<u64>, Vec<u8>, Vec<u32>) {
         let p = &self.params;
         let mut offsets = Vec::with_capacity(p.nlist + 1);
         let mut codes = Vec::new();
@@ -404,6 +407,7 @@ impl IvfPqIndex {
     /// Adds vectors, encoded with the existing codebooks; visible to the next search.
     pub fn append(&mut self, vectors: &[f32], ids: &[u64]) -> Result<()> {
         check_ids(&self.rows, vectors, ids)?;
+        check_row_count(self.rows.len() + ids.len())?;
         let v = self.rows.prepare(vectors);
         let first = self.rows.append_prepared(&v, ids);
         self.encode_rows(first, first + ids.len());
@@ -455,11 +459,11 @@ impl IvfPqIndex {
         self.provenance = p;
     }
 
-    /// Bytes per key of the searched structures: code, list row number and, for L2, the
-    /// code's distance term (block padding of 4-bit codes not counted).
+    /// Bytes per key of the searched structures: code, list row number (4 bytes) and, for L2,
+    /// the code's distance term (block padding of 4-bit codes not counted).
     pub fn code_bytes_per_key(&self) -> usize {
         self.params.m * self.params.nbits as usize / 8
-            + 8
+            + 4
             + if self.rows.metric == Metric::L2 { 4 } else { 0 }
     }
 
@@ -623,6 +627,20 @@ impl IvfPqIndex {
     }
 }
 
+/// Rows one IVF-PQ index can hold: its lists number rows with u32.
+pub const MAX_ROWS: usize = u32::MAX as usize + 1;
+
+/// Refuses an index of `n` rows when its row numbers would not fit the lists' u32.
+pub(crate) fn check_row_count(n: usize) -> Result<()> {
+    if n > MAX_ROWS {
+        return Err(IndexError::invalid(format!(
+            "IVF-PQ holds at most {MAX_ROWS} keys per index (u32 row numbers), got {n}: \
+             shard the datastore into several indexes"
+        )));
+    }
+    Ok(())
+}
+
 /// Offers `base + dists[i] − terms[i]` (`terms` empty but for L2) for each of `rows` to `top`,
 /// skipping deleted rows; `pass` is scratch.
 fn offer(
@@ -630,7 +648,7 @@ fn offer(
     base: f32,
     dists: &mut [f32],
     terms: &[f32],
-    rows: &[u64],
+    rows: &[u32],
     all: &Rows,
     pass: &mut Vec<u32>,
 ) {
@@ -641,7 +659,7 @@ fn offer(
     };
     top.offer_block(dists, f, pass, |i| {
         let row = rows[i];
-        (!all.is_dead(row as usize)).then_some(row)
+        (!all.is_dead(row as usize)).then_some(row as u64)
     });
 }
 
@@ -789,6 +807,13 @@ mod tests {
         nprobe: 8,
         rerank: None,
     };
+
+    #[test]
+    fn row_numbers_beyond_u32_are_refused() {
+        assert!(check_row_count(MAX_ROWS).is_ok());
+        let e = check_row_count(MAX_ROWS + 1).unwrap_err().to_string();
+        assert!(e.contains("4294967296") && e.contains("shard"), "{e}");
+    }
 
     #[test]
     fn kth_best_keeps_ties_and_drops_nan() {

@@ -310,12 +310,14 @@ impl IvfPqIndex {
         write_rows(&mut w, &self.rows, keys)?;
         let p = &self.params;
         let remap = self.rows.compaction_map();
-        let (offsets, codes, list_rows) = self.merged_lists(&|r| remap[r as usize]);
+        // Compaction only lowers row numbers, so they stay within u32.
+        let (offsets, codes, list_rows) =
+            self.merged_lists(&|r| remap[r as usize].map(|nr| nr as u32));
         w.array("centroids.f32", &self.centroids)?;
         w.array("codebooks.f32", &self.books)?;
         w.array("list_offsets.u64", &offsets)?;
         w.array("list_codes.u8", &codes)?;
-        w.array("list_rows.u64", &list_rows)?;
+        w.array("list_rows.u32", &list_rows)?;
         let meta = IvfPqMeta {
             nlist: p.nlist,
             m: p.m,
@@ -577,10 +579,17 @@ fn load_ivfpq(r: &DirReader<'_>, rows: Rows, meta: &IvfPqMeta) -> Result<IvfPqIn
             "Σ ⌈list length / 32⌉ × 16 · m"
         },
     )?;
-    let list_rows: Array<u64> = r.array("list_rows.u64", n, "count")?;
-    if let Some(bad) = list_rows.iter().find(|&&x| x >= n) {
+    if m.files.contains_key("list_rows.u64") {
         return Err(IndexError::format(
-            &r.dir.join("list_rows.u64"),
+            &r.dir.join(MANIFEST),
+            "field files lists list_rows.u64: this index was written by an older ralm, which \
+             numbered list rows with u64; rebuild it (this build reads list_rows.u32)",
+        ));
+    }
+    let list_rows: Array<u32> = r.array("list_rows.u32", n, "count")?;
+    if let Some(bad) = list_rows.iter().find(|&&x| x as u64 >= n) {
+        return Err(IndexError::format(
+            &r.dir.join("list_rows.u32"),
             format!("row {bad} out of range (count = {n})"),
         ));
     }

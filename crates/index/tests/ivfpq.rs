@@ -56,7 +56,7 @@ fn recall_at_10_with_4_bit_codes() {
         let idx = IvfPqIndex::build(DIM, metric, ty, &keys, &ids, &params).unwrap();
         assert_eq!(
             idx.code_bytes_per_key(),
-            16 + 8 + 4 * (metric == Metric::L2) as usize
+            16 + 4 + 4 * (metric == Metric::L2) as usize
         );
         let want = naive(metric, &stored(&keys, ty), &ids, &queries, DIM, 10);
         let at = |rerank| {
@@ -130,7 +130,7 @@ fn same_seed_same_index_different_seed_differs() {
         "centroids.f32",
         "codebooks.f32",
         "list_codes.u8",
-        "list_rows.u64",
+        "list_rows.u32",
     ] {
         let fa = std::fs::read(dir.path().join("a").join(f)).unwrap();
         assert_eq!(

@@ -170,6 +170,15 @@ fn ivfpq_code_width_problems_are_named() {
         e.contains("codebooks.f32") && e.contains("256 × dim"),
         "{e}"
     );
+    // An index of an older build, whose lists numbered rows with u64.
+    edit_manifest(tmp.path(), |v| {
+        v["ivfpq"]["nbits"] = json!(4);
+        let files = v["files"].as_object_mut().unwrap();
+        let entry = files.remove("list_rows.u32").unwrap();
+        files.insert("list_rows.u64".into(), entry);
+    });
+    let e = err(tmp.path());
+    assert!(e.contains("list_rows.u64") && e.contains("rebuild"), "{e}");
 }
 
 #[test]
