@@ -6,7 +6,7 @@ build_s, bytes_per_key, qps_1t, qps_2t, recall (against FAISS exact search).
 
 With --stream the keys are memory-mapped and added a chunk at a time, as ralm-index-bench does
 with --stream: exact search keeps them as f16 (IndexScalarQuantizer fp16, so 10M x 576 keys fit in
-24 GiB), IVF-PQ trains on a random sample of 64 x nlist keys (ralm's sample size) and re-ranks
+24 GiB), IVF-PQ trains on a random sample of 256 x nlist keys (16k to 512k: ralm's sample size) and re-ranks
 from f16 keys.
 """
 import argparse
@@ -109,7 +109,7 @@ def main():
             ivf = faiss.IndexIVFPQ(quant, d, nlist, m, nbits, mt)
         ivf.cp.seed = 1
         if a.stream:
-            sample = np.random.default_rng(1).choice(n, min(n, max(64 * nlist, 16384)), replace=False)
+            sample = np.random.default_rng(1).choice(n, min(n, max(256 * nlist, 16384), 1 << 19), replace=False)
             ivf.train(prep(xb[np.sort(sample)]))
             streamed(ivf, xb, prep)
         else:

@@ -4,6 +4,7 @@
 //! with byte tables, `fastscan`).
 
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 use crate::array::Array;
 use crate::coarse::Coarse;
@@ -30,22 +31,31 @@ pub struct IvfPqParams {
     pub nbits: u32,
     /// Seed of every random choice in training.
     pub seed: u64,
-    /// Most vectors sampled for training.
+    /// Most vectors sampled to train the coarse quantiser; the codebooks train on at most
+    /// `PQ_TRAIN` of them.
     pub max_train: usize,
-    /// k-means iterations (coarse and PQ).
+    /// k-means iterations of the coarse quantiser.
     pub iters: usize,
+    /// k-means iterations of each sub-quantiser's codebook.
+    pub pq_iters: usize,
 }
 
+/// Most residuals the codebooks train on (256 per codeword of an 8-bit sub-quantiser).
+pub const PQ_TRAIN: usize = 65_536;
+
 impl IvfPqParams {
-    /// 8-bit codes with the default sample size (64 per list, at least 16k) and 12 iterations.
+    /// 8-bit codes, trained as FAISS trains by default: the coarse quantiser on 256 vectors per
+    /// list (at least 16k, at most 512k) for 10 iterations, the codebooks on `PQ_TRAIN` of
+    /// them for 25.
     pub fn new(nlist: usize, m: usize, seed: u64) -> Self {
         IvfPqParams {
             nlist,
             m,
             nbits: 8,
             seed,
-            max_train: (64 * nlist).max(16_384),
-            iters: 12,
+            max_train: (256 * nlist).clamp(16_384, 1 << 19),
+            iters: 10,
+            pq_iters: 25,
         }
     }
 
@@ -218,9 +228,18 @@ impl IvfPqIndex {
         let sample = gather(&rows, &pick);
         let centroids = kmeans::kmeans(&sample, dim, nlist, params.iters, params.seed)?;
         let coarse = Coarse::new(&centroids, dim, rows.metric.kernel());
-        let assign = kmeans::assign(coarse.rows(), &sample);
-        let residuals = residuals(&centroids, dim, &sample, &assign);
-        let books = pq::train(&residuals, dim, m, ksub, params.iters, params.seed ^ 0x5051)?;
+        // The codebooks train on the residuals of (at most `PQ_TRAIN` of) the sample.
+        let pq_rows = pq_sample(&sample, dim, &mut rng);
+        let assign = kmeans::assign(coarse.rows(), &pq_rows);
+        let residuals = residuals(&centroids, dim, &pq_rows, &assign);
+        let books = pq::train(
+            &residuals,
+            dim,
+            m,
+            ksub,
+            params.pq_iters,
+            params.seed ^ 0x5051,
+        )?;
         let mut idx = IvfPqIndex {
             params: params.clone(),
             centroids: centroids.into(),
@@ -703,6 +722,18 @@ fn gather(rows: &Rows, pick: &[usize]) -> Vec<f32> {
     out
 }
 
+/// At most `PQ_TRAIN` rows of `data` (`n × dim`), drawn at random when there are more.
+fn pq_sample<'a>(data: &'a [f32], dim: usize, rng: &mut Rng) -> Cow<'a, [f32]> {
+    let n = data.len() / dim;
+    if n <= PQ_TRAIN {
+        return Cow::Borrowed(data);
+    }
+    let mut pick = rng.sample(n, PQ_TRAIN);
+    pick.sort_unstable();
+    let rows = pick.iter().flat_map(|&r| &data[r * dim..(r + 1) * dim]);
+    Cow::Owned(rows.copied().collect())
+}
+
 /// Each row of `data` minus its assigned coarse centroid.
 fn residuals(centroids: &[f32], dim: usize, data: &[f32], assign: &[(u64, f32)]) -> Vec<f32> {
     let mut out = data.to_vec();
@@ -807,6 +838,28 @@ mod tests {
         nprobe: 8,
         rerank: None,
     };
+
+    #[test]
+    fn codebooks_train_on_a_spread_sample_of_at_most_pq_train_rows() {
+        let (dim, n) = (2, PQ_TRAIN + 5000);
+        let data: Vec<f32> = (0..n).flat_map(|r| [r as f32, -(r as f32)]).collect();
+        let small = &data[..dim * 1000];
+        assert!(matches!(pq_sample(small, dim, &mut Rng::new(1)), Cow::Borrowed(d) if d == small));
+        let s = pq_sample(&data, dim, &mut Rng::new(1));
+        let rows: Vec<usize> = s.chunks_exact(dim).map(|r| r[0] as usize).collect();
+        assert_eq!(rows.len(), PQ_TRAIN);
+        assert!(s.chunks_exact(dim).all(|r| r[1] == -r[0]));
+        assert!(
+            rows.windows(2).all(|w| w[0] < w[1]),
+            "distinct rows, in order"
+        );
+        // Drawn from the whole sample, not its first rows.
+        assert!(
+            rows[PQ_TRAIN - 1] > PQ_TRAIN + 2000,
+            "{}",
+            rows[PQ_TRAIN - 1]
+        );
+    }
 
     #[test]
     fn row_numbers_beyond_u32_are_refused() {

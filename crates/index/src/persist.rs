@@ -57,8 +57,12 @@ pub struct IvfPqMeta {
     pub seed: u64,
     /// Training sample cap.
     pub max_train: usize,
-    /// k-means iterations.
+    /// k-means iterations of the coarse quantiser.
     pub iters: usize,
+    /// k-means iterations of the codebooks (absent in older manifests, whose codebooks trained
+    /// for `iters`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pq_iters: Option<usize>,
 }
 
 /// Contents of `manifest.json`.
@@ -325,6 +329,7 @@ impl IvfPqIndex {
             seed: p.seed,
             max_train: p.max_train,
             iters: p.iters,
+            pq_iters: Some(p.pq_iters),
         };
         w.finish(manifest(
             &self.rows,
@@ -547,6 +552,7 @@ fn load_ivfpq(r: &DirReader<'_>, rows: Rows, meta: &IvfPqMeta) -> Result<IvfPqIn
         seed: meta.seed,
         max_train: meta.max_train,
         iters: meta.iters,
+        pq_iters: meta.pq_iters.unwrap_or(meta.iters),
     };
     params.check(m.dim).map_err(|e| {
         IndexError::format(

@@ -5,8 +5,8 @@ mod common;
 use common::{clustered, uniform};
 use ralm_index::persist::MANIFEST;
 use ralm_index::{
-    open_expecting, open_index, Expect, FlatIndex, Index, IvfPqIndex, IvfPqParams, KeyType, Metric,
-    OpenOptions, SearchParams,
+    open_expecting, open_index, AnyIndex, Expect, FlatIndex, Index, IvfPqIndex, IvfPqParams,
+    KeyType, Metric, OpenOptions, SearchParams,
 };
 use serde_json::json;
 use std::path::Path;
@@ -157,6 +157,15 @@ fn ivfpq_code_width_problems_are_named() {
     let p = IvfPqParams::new(8, 8, 2).with_nbits(4);
     let ivf = IvfPqIndex::build(DIM, Metric::L2, KeyType::F32, &keys, &ids, &p).unwrap();
     ivf.save(tmp.path()).unwrap();
+    // Older manifests have no pq_iters: their codebooks trained for `iters`.
+    edit_manifest(tmp.path(), |v| {
+        assert_eq!(v["ivfpq"]["pq_iters"], json!(25));
+        v["ivfpq"].as_object_mut().unwrap().remove("pq_iters");
+    });
+    match open_index(tmp.path(), &OpenOptions::default()).unwrap() {
+        AnyIndex::IvfPq(old) => assert_eq!((old.params().iters, old.params().pq_iters), (10, 10)),
+        AnyIndex::Flat(_) => panic!("opened as a flat index"),
+    }
     edit_manifest(tmp.path(), |v| v["ivfpq"]["nbits"] = json!(5));
     let e = err(tmp.path());
     assert!(

@@ -5,11 +5,13 @@
 //! ralm-index-bench gen --n 200000 --nq 1000 --dim 384 --clusters 1000 --seed 1 --out keys.npy --queries q.npy [--f16]
 //! ralm-index-bench --keys keys.npy --queries q.npy --metric ip --k 10 --batch 100 \
 //!     [--key-type f16] [--ivf 1024,64,8[,4]]... [--rerank 100] [--min-time 2] [--json out.jsonl] \
-//!     [--stream DIR]
+//!     [--stream DIR] [--max-train N] [--iters 10] [--pq-iters 25]
 //! ```
 //! `gen` writes the keys as it draws them, and `--stream DIR` memory-maps the keys and builds each
 //! index on disk under `DIR` with the streaming builder, so neither holds the keys in memory:
-//! 10M × 576 keys fit on a 24 GiB machine.
+//! 10M × 576 keys fit on a 24 GiB machine. `--max-train`, `--iters` and `--pq-iters` set the
+//! training sample and the coarse and codebook k-means iterations of every IVF-PQ index
+//! (defaults: `IvfPqParams::new`'s).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -319,7 +321,11 @@ fn bench(a: &Args) -> Res<()> {
         let nprobes: Vec<usize> = nprobes.split('/').map(num).collect::<Res<_>>()?;
         let name = format!("ivfpq-{nlist}-{m}x{nbits}");
         let t = Instant::now();
-        let params = IvfPqParams::new(nlist, m, 1).with_nbits(nbits as u32);
+        let mut params = IvfPqParams::new(nlist, m, 1).with_nbits(nbits as u32);
+        params.iters = a.num("iters", params.iters)?;
+        params.max_train = a.num("max-train", params.max_train)?;
+        params.pq_iters = a.num("pq-iters", params.pq_iters)?;
+        let (iters, max_train, pq_iters) = (params.iters, params.max_train, params.pq_iters);
         let idx = keys.build(metric, key_type, IndexKind::IvfPq(params), &name)?;
         let build = t.elapsed().as_secs_f64();
         let AnyIndex::IvfPq(ivf) = &idx else {
@@ -335,6 +341,7 @@ fn bench(a: &Args) -> Res<()> {
                     "engine": "ralm", "index": "ivfpq", "metric": metric.to_string(), "key_type": key_type.to_string(),
                     "n": rows, "dim": dim, "nq": queries.rows, "k": k, "batch": batch,
                     "nlist": nlist, "m": m, "nbits": nbits, "nprobe": nprobe, "rerank": rr,
+                    "iters": iters, "pq_iters": pq_iters, "max_train": max_train,
                     "build_s": build, "bytes_per_key": bytes_per_key, "qps_1t": q1, "qps_2t": q2,
                     "recall": recall(&hits, &exact),
                 }))?;
