@@ -43,19 +43,114 @@ pub(crate) fn assign_l2(centroids: &[f32], dim: usize, data: &[f32]) -> Vec<(u64
     let k = centroids.len() / dim;
     let ct = kernel::transpose(centroids, dim);
     let norms: Vec<f32> = centroids.chunks_exact(dim).map(kernel::norm2).collect();
-    data.par_chunks(dim)
-        .map_init(
+    let mut out = vec![(0u64, 0f32); data.len() / dim];
+    let blocked = blocked_rows_supported(k);
+    // Blocks of rows for the threads; with AVX2, scored `ROWS_AT_ONCE` rows at a time.
+    out.par_chunks_mut(256)
+        .zip(data.par_chunks(256 * dim))
+        .for_each_init(
             || vec![0f32; k],
-            |scores, x| {
-                kernel::dots_transposed(&ct, x, scores);
-                for (s, &cn) in scores.iter_mut().zip(&norms) {
-                    *s = 2.0 * *s - cn;
+            |scores, (out, data)| {
+                let mut done = 0;
+                #[cfg(target_arch = "x86_64")]
+                if blocked {
+                    done = out.len() / ROWS_AT_ONCE * ROWS_AT_ONCE;
+                    for (o, x) in out[..done]
+                        .chunks_exact_mut(ROWS_AT_ONCE)
+                        .zip(data.chunks_exact(ROWS_AT_ONCE * dim))
+                    {
+                        // SAFETY: AVX2 is present and `k` a multiple of 8 (`blocked`).
+                        unsafe { nearest_rows_avx2(&ct, &norms, x, o) };
+                    }
                 }
-                let (c, s) = kernel::argmax(scores);
-                (c as u64, s - kernel::norm2(x))
+                for (o, x) in out[done..]
+                    .iter_mut()
+                    .zip(data[done * dim..].chunks_exact(dim))
+                {
+                    *o = nearest_row(&ct, &norms, x, scores);
+                }
             },
-        )
-        .collect()
+        );
+    out
+}
+
+/// Rows of `data` scored together by `nearest_rows_avx2`.
+const ROWS_AT_ONCE: usize = 4;
+
+/// Whether `nearest_rows_avx2` can assign to `k` centroids on this CPU.
+fn blocked_rows_supported(k: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if k.is_multiple_of(8) && std::is_x86_feature_detected!("avx2") {
+        return true;
+    }
+    let _ = k;
+    false
+}
+
+/// `assign_l2`'s answer for one row `x`, from the transposed centroids `ct` and their squared
+/// norms; `scores` is scratch of one entry per centroid.
+fn nearest_row(ct: &[f32], norms: &[f32], x: &[f32], scores: &mut [f32]) -> (u64, f32) {
+    kernel::dots_transposed(ct, x, scores);
+    for (s, &cn) in scores.iter_mut().zip(norms) {
+        *s = 2.0 * *s - cn;
+    }
+    let (c, s) = kernel::argmax(scores);
+    (c as u64, s - kernel::norm2(x))
+}
+
+/// `nearest_row` for `ROWS_AT_ONCE` rows (`x`) at once, 8 centroids at a time (`k` a multiple
+/// of 8): each load of the centroids serves every row, and each lane keeps its best score and
+/// centroid as it goes instead of writing all scores out. The products are summed in
+/// `nearest_row`'s order without fusing, so the scores and answers are the same.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn nearest_rows_avx2(ct: &[f32], norms: &[f32], x: &[f32], out: &mut [(u64, f32)]) {
+    use std::arch::x86_64::*;
+    const R: usize = ROWS_AT_ONCE;
+    let (k, dim) = (norms.len(), x.len() / R);
+    assert!(k.is_multiple_of(8) && ct.len() >= k * dim && out.len() == R);
+    let (two, lanes) = (
+        _mm256_set1_ps(2.0),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    );
+    let mut best = [_mm256_set1_ps(f32::NEG_INFINITY); R];
+    let mut at = [_mm256_setzero_si256(); R];
+    for c0 in (0..k).step_by(8) {
+        let mut acc = [_mm256_setzero_ps(); R];
+        for d in 0..dim {
+            let col = _mm256_loadu_ps(ct.as_ptr().add(d * k + c0));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xd = _mm256_set1_ps(*x.get_unchecked(r * dim + d));
+                *a = _mm256_add_ps(*a, _mm256_mul_ps(xd, col));
+            }
+        }
+        let cn = _mm256_loadu_ps(norms.as_ptr().add(c0));
+        let idx = _mm256_add_epi32(lanes, _mm256_set1_epi32(c0 as i32));
+        for ((a, b), i) in acc.iter().zip(&mut best).zip(&mut at) {
+            let s = _mm256_sub_ps(_mm256_mul_ps(two, *a), cn);
+            let better = _mm256_cmp_ps::<_CMP_GT_OQ>(s, *b);
+            *b = _mm256_blendv_ps(*b, s, better);
+            *i = _mm256_castps_si256(_mm256_blendv_ps(
+                _mm256_castsi256_ps(*i),
+                _mm256_castsi256_ps(idx),
+                better,
+            ));
+        }
+    }
+    for (r, o) in out.iter_mut().enumerate() {
+        let (mut b, mut i) = ([0f32; 8], [0u32; 8]);
+        _mm256_storeu_ps(b.as_mut_ptr(), best[r]);
+        _mm256_storeu_si256(i.as_mut_ptr() as *mut __m256i, at[r]);
+        // The best lane; among equal scores, the smallest centroid index.
+        let (c, s) = (0..8).fold((0u32, f32::NEG_INFINITY), |(c, s), j| {
+            if b[j] > s || (b[j] == s && i[j] < c) {
+                (i[j], b[j])
+            } else {
+                (c, s)
+            }
+        });
+        *o = (c as u64, s - kernel::norm2(&x[r * dim..(r + 1) * dim]));
+    }
 }
 
 /// `k` centroids of `data` (`n × dim`, `n ≥ k`) after `iters` Lloyd iterations, reproducible for `seed`.
@@ -123,9 +218,11 @@ mod tests {
     #[test]
     fn small_dimension_assignment_matches_the_flat_kernel() {
         let mut rng = Rng::new(5);
-        for dim in [1, 8, 32, 33] {
-            let cent: Vec<f32> = (0..256 * dim).map(|_| rng.normal()).collect();
-            let data: Vec<f32> = (0..500 * dim).map(|_| rng.normal()).collect();
+        // 16 and 256 centroids take the blocked path, 24 the row-by-row one; 501 rows leave a
+        // tail; dim 33 goes to the flat kernel.
+        for (dim, k) in [(1, 256), (4, 16), (8, 256), (8, 24), (32, 256), (33, 256)] {
+            let cent: Vec<f32> = (0..k * dim).map(|_| rng.normal()).collect();
+            let data: Vec<f32> = (0..501 * dim).map(|_| rng.normal()).collect();
             let want = assign(&centroid_rows(&cent, dim, Metric::L2), &data);
             let got = assign_l2(&cent, dim, &data);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -134,6 +231,37 @@ mod tests {
                     (g.1 - w.1).abs() < 1e-3 * (1.0 + w.1.abs()),
                     "dim {dim} row {i}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn rows_scored_together_get_the_row_by_row_answers_and_ties_go_low() {
+        let mut rng = Rng::new(9);
+        for (dim, k) in [(4, 16), (8, 256), (3, 24)] {
+            let mut cent: Vec<f32> = (0..k * dim).map(|_| rng.normal()).collect();
+            // Centroid 5 repeated as centroids 9 and k - 1: rows on it tie three ways.
+            let c5 = cent[5 * dim..6 * dim].to_vec();
+            cent[9 * dim..10 * dim].copy_from_slice(&c5);
+            cent[(k - 1) * dim..].copy_from_slice(&c5);
+            let mut data: Vec<f32> = (0..403 * dim).map(|_| rng.normal()).collect();
+            for r in [0, 6, 401] {
+                data[r * dim..(r + 1) * dim].copy_from_slice(&c5);
+            }
+            let ct = kernel::transpose(&cent, dim);
+            let norms: Vec<f32> = cent.chunks_exact(dim).map(kernel::norm2).collect();
+            let mut scores = vec![0f32; k];
+            let want: Vec<(u64, f32)> = data
+                .chunks_exact(dim)
+                .map(|x| nearest_row(&ct, &norms, x, &mut scores))
+                .collect();
+            assert_eq!(
+                assign_l2(&cent, dim, &data),
+                want,
+                "dim {dim}, {k} centroids"
+            );
+            for r in [0, 6, 401] {
+                assert_eq!(want[r].0, 5, "dim {dim} row {r}");
             }
         }
     }
