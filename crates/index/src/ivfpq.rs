@@ -230,7 +230,7 @@ impl IvfPqIndex {
         let coarse = Coarse::new(&centroids, dim, rows.metric.kernel());
         // The codebooks train on the residuals of (at most `PQ_TRAIN` of) the sample.
         let pq_rows = pq_sample(&sample, dim, &mut rng);
-        let assign = kmeans::assign(coarse.rows(), &pq_rows);
+        let assign = kmeans::assign(&coarse, &pq_rows);
         let residuals = residuals(&centroids, dim, &pq_rows, &assign);
         let books = pq::train(
             &residuals,
@@ -304,7 +304,7 @@ impl IvfPqIndex {
     /// Encodes rows `r0..r1` into the list tails.
     fn encode_rows(&mut self, r0: usize, r1: usize) {
         let data = gather(&self.rows, &(r0..r1).collect::<Vec<_>>());
-        let assign = kmeans::assign(self.coarse.rows(), &data);
+        let assign = kmeans::assign(&self.coarse, &data);
         let res = residuals(&self.centroids, self.rows.dim, &data, &assign);
         let codes = pq::encode(&self.books, self.rows.dim, self.params.m, &res);
         let l2 = self.rows.metric == Metric::L2;

@@ -1,10 +1,11 @@
 //! Seeded k-means (random distinct initial points, Lloyd iterations, empty clusters split
-//! from the largest) with assignment done by the exact flat kernel.
+//! from the largest) with assignment done by the exact kernel (the coarse quantiser's packed
+//! centroids; in PQ sub-spaces, a kernel for small dimensions).
 
 use crate::error::{IndexError, Result};
 use rayon::prelude::*;
 
-use crate::flat;
+use crate::coarse::Coarse;
 use crate::kernel;
 use crate::metric::{KeyType, Metric};
 use crate::rng::Rng;
@@ -18,14 +19,19 @@ pub(crate) fn centroid_rows(centroids: &[f32], dim: usize, metric: Metric) -> Ro
     rows
 }
 
-/// The best centroid (id, score) of each row of `data`.
-pub(crate) fn assign(centroids: &Rows, data: &[f32]) -> Vec<(u64, f32)> {
-    flat::scan(centroids, data, 1)
-        .into_iter()
-        .map(|t| {
-            t.into_sorted()
-                .first()
-                .map_or((0, f32::NEG_INFINITY), |&(s, id)| (id, s))
+/// Rows of `data` per task of `assign`.
+const ASSIGN_CHUNK: usize = 256;
+
+/// The best centroid (id, score) of each row of `data`, on all threads.
+pub(crate) fn assign(coarse: &Coarse, data: &[f32]) -> Vec<(u64, f32)> {
+    let dim = coarse.rows().dim;
+    data.par_chunks(ASSIGN_CHUNK * dim)
+        .flat_map_iter(|chunk| {
+            coarse.probe(chunk, 1).into_iter().map(|t| {
+                t.into_sorted()
+                    .first()
+                    .map_or((0, f32::NEG_INFINITY), |&(s, id)| (id, s))
+            })
         })
         .collect()
 }
@@ -34,20 +40,21 @@ pub(crate) fn assign(centroids: &Rows, data: &[f32]) -> Vec<(u64, f32)> {
 /// by the blocked flat kernel.
 const SMALL_DIM: usize = 32;
 
-/// The nearest (L2) of `centroids` (`k × dim`) to each row of `data`, as (index, score) with the
-/// flat kernel's score `2⟨x, c⟩ − ‖x‖² − ‖c‖²`; ties go to the smaller index.
-pub(crate) fn assign_l2(centroids: &[f32], dim: usize, data: &[f32]) -> Vec<(u64, f32)> {
+/// The index of the nearest (L2) of `centroids` (`k × dim`) to each row of `data`, by the
+/// exact kernel's score `2⟨x, c⟩ − ‖c‖²`; ties go to the smaller index.
+pub(crate) fn nearest_l2(centroids: &[f32], dim: usize, data: &[f32]) -> Vec<u32> {
     if dim > SMALL_DIM {
-        return assign(&centroid_rows(centroids, dim, Metric::L2), data);
+        let best = assign(&Coarse::new(centroids, dim, Metric::L2), data);
+        return best.into_iter().map(|(c, _)| c as u32).collect();
     }
     let k = centroids.len() / dim;
     let ct = kernel::transpose(centroids, dim);
     let norms: Vec<f32> = centroids.chunks_exact(dim).map(kernel::norm2).collect();
-    let mut out = vec![(0u64, 0f32); data.len() / dim];
+    let mut out = vec![0u32; data.len() / dim];
     let blocked = blocked_rows_supported(k);
     // Blocks of rows for the threads; with AVX2, scored `ROWS_AT_ONCE` rows at a time.
-    out.par_chunks_mut(256)
-        .zip(data.par_chunks(256 * dim))
+    out.par_chunks_mut(SMALL_CHUNK)
+        .zip(data.par_chunks(SMALL_CHUNK * dim))
         .for_each_init(
             || vec![0f32; k],
             |scores, (out, data)| {
@@ -76,6 +83,8 @@ pub(crate) fn assign_l2(centroids: &[f32], dim: usize, data: &[f32]) -> Vec<(u64
 
 /// Rows of `data` scored together by `nearest_rows_avx2`.
 const ROWS_AT_ONCE: usize = 4;
+/// Rows of `data` per task of `nearest_l2` in small dimensions.
+const SMALL_CHUNK: usize = 4096;
 
 /// Whether `nearest_rows_avx2` can assign to `k` centroids on this CPU.
 fn blocked_rows_supported(k: usize) -> bool {
@@ -87,15 +96,14 @@ fn blocked_rows_supported(k: usize) -> bool {
     false
 }
 
-/// `assign_l2`'s answer for one row `x`, from the transposed centroids `ct` and their squared
+/// `nearest_l2`'s answer for one row `x`, from the transposed centroids `ct` and their squared
 /// norms; `scores` is scratch of one entry per centroid.
-fn nearest_row(ct: &[f32], norms: &[f32], x: &[f32], scores: &mut [f32]) -> (u64, f32) {
+fn nearest_row(ct: &[f32], norms: &[f32], x: &[f32], scores: &mut [f32]) -> u32 {
     kernel::dots_transposed(ct, x, scores);
     for (s, &cn) in scores.iter_mut().zip(norms) {
         *s = 2.0 * *s - cn;
     }
-    let (c, s) = kernel::argmax(scores);
-    (c as u64, s - kernel::norm2(x))
+    kernel::argmax(scores).0 as u32
 }
 
 /// `nearest_row` for `ROWS_AT_ONCE` rows (`x`) at once, 8 centroids at a time (`k` a multiple
@@ -104,7 +112,7 @@ fn nearest_row(ct: &[f32], norms: &[f32], x: &[f32], scores: &mut [f32]) -> (u64
 /// `nearest_row`'s order without fusing, so the scores and answers are the same.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn nearest_rows_avx2(ct: &[f32], norms: &[f32], x: &[f32], out: &mut [(u64, f32)]) {
+unsafe fn nearest_rows_avx2(ct: &[f32], norms: &[f32], x: &[f32], out: &mut [u32]) {
     use std::arch::x86_64::*;
     const R: usize = ROWS_AT_ONCE;
     let (k, dim) = (norms.len(), x.len() / R);
@@ -141,15 +149,15 @@ unsafe fn nearest_rows_avx2(ct: &[f32], norms: &[f32], x: &[f32], out: &mut [(u6
         let (mut b, mut i) = ([0f32; 8], [0u32; 8]);
         _mm256_storeu_ps(b.as_mut_ptr(), best[r]);
         _mm256_storeu_si256(i.as_mut_ptr() as *mut __m256i, at[r]);
-        // The best lane; among equal scores, the smallest centroid index.
-        let (c, s) = (0..8).fold((0u32, f32::NEG_INFINITY), |(c, s), j| {
-            if b[j] > s || (b[j] == s && i[j] < c) {
-                (i[j], b[j])
-            } else {
-                (c, s)
+        // The best lane; among equal scores, the smallest centroid index. (A loop, not a
+        // closure: a closure would not be compiled for AVX2 and inlined.)
+        let (mut c, mut s) = (0u32, f32::NEG_INFINITY);
+        for (&bj, &ij) in b.iter().zip(&i) {
+            if bj > s || (bj == s && ij < c) {
+                (c, s) = (ij, bj);
             }
-        });
-        *o = (c as u64, s - kernel::norm2(&x[r * dim..(r + 1) * dim]));
+        }
+        *o = c;
     }
 }
 
@@ -174,10 +182,10 @@ pub(crate) fn kmeans(
         .flat_map(|i| data[i * dim..(i + 1) * dim].iter().copied())
         .collect();
     for _ in 0..iters {
-        let assignment = assign_l2(&cent, dim, data);
+        let assignment = nearest_l2(&cent, dim, data);
         let mut sums = vec![0f64; k * dim];
         let mut counts = vec![0usize; k];
-        for (row, &(c, _)) in data.chunks_exact(dim).zip(&assignment) {
+        for (row, &c) in data.chunks_exact(dim).zip(&assignment) {
             let c = c as usize;
             counts[c] += 1;
             for (s, &x) in sums[c * dim..(c + 1) * dim].iter_mut().zip(row) {
@@ -214,6 +222,7 @@ pub(crate) fn kmeans(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flat;
 
     #[test]
     fn small_dimension_assignment_matches_the_flat_kernel() {
@@ -223,15 +232,15 @@ mod tests {
         for (dim, k) in [(1, 256), (4, 16), (8, 256), (8, 24), (32, 256), (33, 256)] {
             let cent: Vec<f32> = (0..k * dim).map(|_| rng.normal()).collect();
             let data: Vec<f32> = (0..501 * dim).map(|_| rng.normal()).collect();
-            let want = assign(&centroid_rows(&cent, dim, Metric::L2), &data);
-            let got = assign_l2(&cent, dim, &data);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(g.0, w.0, "dim {dim} row {i}");
-                assert!(
-                    (g.1 - w.1).abs() < 1e-3 * (1.0 + w.1.abs()),
-                    "dim {dim} row {i}"
-                );
-            }
+            let want: Vec<u32> = flat::scan(&centroid_rows(&cent, dim, Metric::L2), &data, 1)
+                .into_iter()
+                .map(|t| t.into_sorted()[0].1 as u32)
+                .collect();
+            assert_eq!(
+                nearest_l2(&cent, dim, &data),
+                want,
+                "dim {dim}, {k} centroids"
+            );
         }
     }
 
@@ -251,17 +260,17 @@ mod tests {
             let ct = kernel::transpose(&cent, dim);
             let norms: Vec<f32> = cent.chunks_exact(dim).map(kernel::norm2).collect();
             let mut scores = vec![0f32; k];
-            let want: Vec<(u64, f32)> = data
+            let want: Vec<u32> = data
                 .chunks_exact(dim)
                 .map(|x| nearest_row(&ct, &norms, x, &mut scores))
                 .collect();
             assert_eq!(
-                assign_l2(&cent, dim, &data),
+                nearest_l2(&cent, dim, &data),
                 want,
                 "dim {dim}, {k} centroids"
             );
             for r in [0, 6, 401] {
-                assert_eq!(want[r].0, 5, "dim {dim} row {r}");
+                assert_eq!(want[r], 5, "dim {dim} row {r}");
             }
         }
     }

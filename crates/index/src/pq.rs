@@ -48,15 +48,15 @@ pub(crate) fn encode(books: &[f32], dim: usize, m: usize, data: &[f32]) -> Vec<u
     let ksub = books.len() / (m * dsub);
     let n = data.len() / dim;
     let mut codes = vec![0u8; n * m];
-    let per_sub: Vec<Vec<(u64, f32)>> = (0..m)
+    let per_sub: Vec<Vec<u32>> = (0..m)
         .into_par_iter()
         .map(|j| {
             let book = &books[j * ksub * dsub..(j + 1) * ksub * dsub];
-            kmeans::assign_l2(book, dsub, &subvectors(data, dim, dsub, j))
+            kmeans::nearest_l2(book, dsub, &subvectors(data, dim, dsub, j))
         })
         .collect();
     for (j, col) in per_sub.iter().enumerate() {
-        for (i, &(c, _)) in col.iter().enumerate() {
+        for (i, &c) in col.iter().enumerate() {
             codes[i * m + j] = c as u8;
         }
     }
