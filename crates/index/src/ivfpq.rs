@@ -308,12 +308,12 @@ impl IvfPqIndex {
         let res = residuals(&self.centroids, self.rows.dim, &data, &assign);
         let codes = pq::encode(&self.books, self.rows.dim, self.params.m, &res);
         let l2 = self.rows.metric == Metric::L2;
-        for (i, ((list, _), code)) in assign
+        for (i, (&list, code)) in assign
             .iter()
             .zip(codes.chunks_exact(self.params.m))
             .enumerate()
         {
-            let l = *list as usize;
+            let l = list as usize;
             if l2 {
                 let term = self.code_term(l, code);
                 self.tails[l].terms.push(term);
@@ -735,9 +735,9 @@ fn pq_sample<'a>(data: &'a [f32], dim: usize, rng: &mut Rng) -> Cow<'a, [f32]> {
 }
 
 /// Each row of `data` minus its assigned coarse centroid.
-fn residuals(centroids: &[f32], dim: usize, data: &[f32], assign: &[(u64, f32)]) -> Vec<f32> {
+fn residuals(centroids: &[f32], dim: usize, data: &[f32], assign: &[u32]) -> Vec<f32> {
     let mut out = data.to_vec();
-    for (row, &(c, _)) in out.chunks_exact_mut(dim).zip(assign) {
+    for (row, &c) in out.chunks_exact_mut(dim).zip(assign) {
         let c = &centroids[c as usize * dim..(c as usize + 1) * dim];
         for (x, y) in row.iter_mut().zip(c) {
             *x -= y;

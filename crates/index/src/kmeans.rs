@@ -22,16 +22,13 @@ pub(crate) fn centroid_rows(centroids: &[f32], dim: usize, metric: Metric) -> Ro
 /// Rows of `data` per task of `assign`.
 const ASSIGN_CHUNK: usize = 256;
 
-/// The best centroid (id, score) of each row of `data`, on all threads.
-pub(crate) fn assign(coarse: &Coarse, data: &[f32]) -> Vec<(u64, f32)> {
+/// The best centroid of each row of `data` (0 where no score is a number), on all threads.
+pub(crate) fn assign(coarse: &Coarse, data: &[f32]) -> Vec<u32> {
     let dim = coarse.rows().dim;
     data.par_chunks(ASSIGN_CHUNK * dim)
         .flat_map_iter(|chunk| {
-            coarse.probe(chunk, 1).into_iter().map(|t| {
-                t.into_sorted()
-                    .first()
-                    .map_or((0, f32::NEG_INFINITY), |&(s, id)| (id, s))
-            })
+            let best = coarse.probe(chunk, 1).into_iter();
+            best.map(|t| t.into_sorted().first().map_or(0, |&(_, c)| c as u32))
         })
         .collect()
 }
@@ -44,8 +41,7 @@ const SMALL_DIM: usize = 32;
 /// exact kernel's score `2⟨x, c⟩ − ‖c‖²`; ties go to the smaller index.
 pub(crate) fn nearest_l2(centroids: &[f32], dim: usize, data: &[f32]) -> Vec<u32> {
     if dim > SMALL_DIM {
-        let best = assign(&Coarse::new(centroids, dim, Metric::L2), data);
-        return best.into_iter().map(|(c, _)| c as u32).collect();
+        return assign(&Coarse::new(centroids, dim, Metric::L2), data);
     }
     let k = centroids.len() / dim;
     let ct = kernel::transpose(centroids, dim);
