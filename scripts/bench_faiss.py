@@ -6,8 +6,8 @@ build_s, bytes_per_key, qps_1t, qps_2t, recall (against FAISS exact search).
 
 With --stream the keys are memory-mapped and added a chunk at a time, as ralm-index-bench does
 with --stream: exact search keeps them as f16 (IndexScalarQuantizer fp16, so 10M x 576 keys fit in
-24 GiB), IVF-PQ trains on a random sample of 256 x nlist keys (16k to 512k: ralm's sample size) and re-ranks
-from f16 keys.
+24 GiB), IVF-PQ trains on a random sample of 256 x nlist keys (16k to 512k: ralm's sample size)
+and re-ranks from f16 keys.
 """
 import argparse
 import json

@@ -2,9 +2,7 @@
 //! the choice of the lists each query probes.
 
 use crate::kernel::{self, KeyRows, PANEL, QB};
-use crate::kmeans;
 use crate::metric::Metric;
-use crate::rows::Rows;
 use crate::topk::TopK;
 
 /// Queries scored together against all centroids (a multiple of the kernel's micro-block).
@@ -17,7 +15,8 @@ const SELECT_STEP: usize = 64;
 
 /// Coarse centroids with ids `0..nlist`, scored by inner product or (negated squared) L2.
 pub(crate) struct Coarse {
-    rows: Rows,
+    dim: usize,
+    metric: Metric,
     /// The centroids packed into panels (`kernel::pack_keys`).
     panels: Vec<f32>,
     /// Squared norms of the centroids (for L2).
@@ -31,22 +30,23 @@ impl Coarse {
         let mut panels = Vec::new();
         kernel::pack_keys(KeyRows::F32(centroids), n, dim, &mut panels);
         Coarse {
-            rows: kmeans::centroid_rows(centroids, dim, metric),
+            dim,
+            metric,
             panels,
             norms: centroids.chunks_exact(dim).map(kernel::norm2).collect(),
         }
     }
 
-    /// The centroids as rows (for assigning many vectors with the exact search).
-    pub fn rows(&self) -> &Rows {
-        &self.rows
+    /// Dimension of the centroids.
+    pub fn dim(&self) -> usize {
+        self.dim
     }
 
     /// The `nprobe` best lists (score, list) of each prepared query (`nq × dim`), scored as the
     /// exact search scores them (on the calling thread).
     pub fn probe(&self, queries: &[f32], nprobe: usize) -> Vec<TopK> {
-        let dim = self.rows.dim;
-        let l2 = self.rows.metric == Metric::L2;
+        let dim = self.dim;
+        let l2 = self.metric == Metric::L2;
         let nlist = self.norms.len();
         queries
             .chunks(QUERY_CHUNK * dim)
@@ -85,6 +85,7 @@ impl Coarse {
 mod tests {
     use super::*;
     use crate::flat;
+    use crate::kmeans::centroid_rows;
     use crate::rng::Rng;
 
     #[test]
@@ -98,7 +99,7 @@ mod tests {
             let coarse = Coarse::new(&centroids, dim, metric);
             for nprobe in [1, 8, 100] {
                 let got: Vec<_> = coarse.probe(&queries, nprobe);
-                let want = flat::scan(coarse.rows(), &queries, nprobe);
+                let want = flat::scan(&centroid_rows(&centroids, dim, metric), &queries, nprobe);
                 for (g, w) in got.into_iter().zip(want) {
                     assert_eq!(
                         g.into_sorted(),

@@ -7,13 +7,14 @@ use rayon::prelude::*;
 
 use crate::coarse::Coarse;
 use crate::kernel;
-use crate::metric::{KeyType, Metric};
+use crate::metric::Metric;
 use crate::rng::Rng;
-use crate::rows::Rows;
 
-/// Rows holding `centroids` (`k × dim`) with ids `0..k`, scored by `metric` (IP or L2).
-pub(crate) fn centroid_rows(centroids: &[f32], dim: usize, metric: Metric) -> Rows {
-    let mut rows = Rows::empty(dim, metric, KeyType::F32);
+/// Rows holding `centroids` (`k × dim`) with ids `0..k`, scored by `metric` (IP or L2): what
+/// the flat search would scan, as a reference for the tests.
+#[cfg(test)]
+pub(crate) fn centroid_rows(centroids: &[f32], dim: usize, metric: Metric) -> crate::rows::Rows {
+    let mut rows = crate::rows::Rows::empty(dim, metric, crate::metric::KeyType::F32);
     let k = centroids.len() / dim;
     rows.append_prepared(centroids, &(0..k as u64).collect::<Vec<_>>());
     rows
@@ -24,7 +25,7 @@ const ASSIGN_CHUNK: usize = 256;
 
 /// The best centroid of each row of `data` (0 where no score is a number), on all threads.
 pub(crate) fn assign(coarse: &Coarse, data: &[f32]) -> Vec<u32> {
-    let dim = coarse.rows().dim;
+    let dim = coarse.dim();
     data.par_chunks(ASSIGN_CHUNK * dim)
         .flat_map_iter(|chunk| {
             let best = coarse.probe(chunk, 1).into_iter();
