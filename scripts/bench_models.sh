@@ -2,7 +2,7 @@
 # Issue 2's model benchmarks with the PyTorch baseline measured in the same run (outside CI):
 #   scripts/bench_models.sh [ROUNDS]   (default 3)
 # Each round runs PyTorch (HF transformers, f32, scripts/bench_torch.py) and then ralm
-# (`ralm bench encode`, `ralm bench score --modes f32`) on the same shapes, one after the other,
+# (`ralm bench encode`, `ralm bench score`: f32 and quantized weights) on the same shapes, one after the other,
 # so machine drift hits both; each ralm line prints its ratio to the PyTorch figure of its round.
 # PyTorch comes from a throwaway venv in .cache/ralm/torch-venv, made on first use (about 6 GB:
 # the PyPI wheel pulls in the CUDA libraries even for CPU use). Set RALM=path to time another
@@ -28,5 +28,5 @@ for round in $(seq "$rounds"); do
     "$ralm" bench encode --reference "$enc" | grep -E "^(encode|RESULT)"
     score=$("$venv/bin/python" scripts/bench_torch.py score --iters 3 | awk '/^TORCH/ {print $3}')
     echo "PyTorch score: $score tokens/s"
-    "$ralm" bench score --modes f32 --reference "$score" | grep -E "^(per pass|f32|RESULT)"
+    "$ralm" bench score --modes both --reference "$score" | grep -E "^(per pass|f32|quantized|RESULT)"
 done

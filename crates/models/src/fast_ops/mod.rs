@@ -1,5 +1,5 @@
 //! CPU kernels for what candle 0.11 runs slowly (scalar, one thread, or as chains of
-//! allocating ops): inference linear layers, attention, GELU, SwiGLU and next-token
+//! allocating ops): inference linear layers (f32 and quantized), attention, GELU, SwiGLU and next-token
 //! log-probabilities here, fused differentiable training ops in [`train`].
 
 use candle_core::{
@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 mod attention;
 mod linear;
+mod quant;
 pub mod train;
 
 #[cfg(test)]
@@ -16,6 +17,7 @@ mod test_data;
 
 pub use attention::attention;
 pub use linear::linear;
+pub use quant::{quant_linear, QuantMatrix};
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to balance.
 const CHUNK: usize = 16 * 1024;

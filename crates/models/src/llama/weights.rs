@@ -2,6 +2,7 @@
 //! built from them (dense f32 or quantized).
 
 use super::config::LlamaConfig;
+use crate::fast_ops::QuantMatrix;
 use crate::gguf::{permute_rows, unpermute_qk_order, GgufFile};
 use crate::{ModelError, Result};
 use candle_core::quantized::{QMatMul, QStorage, QTensor};
@@ -9,6 +10,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// How matrix weights are held and multiplied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +61,9 @@ impl RawMatrix {
 #[derive(Debug, Clone)]
 pub(crate) enum Proj {
     Dense(Tensor),
+    /// Packed for ralm's quantized kernel (CPU; `Q4_0`, `Q4_1`, `Q8_0`).
+    Packed(Arc<QuantMatrix>),
+    /// Any other quantized type, or another device: candle's kernels.
     Quant(QMatMul),
 }
 
@@ -75,6 +80,11 @@ impl Proj {
                 })
                 .collect();
             let q = concat_rows(&qs)?;
+            if device.is_cpu() {
+                if let Some(packed) = QuantMatrix::from_qtensor(&q)? {
+                    return Ok(Self::Packed(Arc::new(packed)));
+                }
+            }
             return Ok(Self::Quant(QMatMul::from_qtensor(q)?));
         }
         let mut dense = parts
@@ -95,6 +105,7 @@ impl Proj {
         let x2 = x.reshape((rows, k))?;
         let y = match self {
             Self::Dense(w) => crate::fast_ops::linear(&x2, w, None)?,
+            Self::Packed(q) => crate::fast_ops::quant_linear(&x2, q)?,
             Self::Quant(q) => q.forward(&x2)?,
         };
         dims.push(y.dim(1)?);
