@@ -155,21 +155,14 @@ impl QuantMatrix {
         })
     }
 
-    /// Output width (the weight's rows).
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Input width (the weight's columns).
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
     /// `x Wᵀ` for `x` `[m, cols]` (row-major), as `[m, rows]`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         assert_eq!(x.len(), m * self.cols, "input is not [m, cols]");
-        let acts = QuantRows::quantize(x, m, self.cols);
         let n = self.rows;
+        if m == 0 || n == 0 {
+            return vec![0.0; m * n];
+        }
+        let acts = QuantRows::quantize(x, m, self.cols);
         let mut out: Vec<f32> = Vec::with_capacity(m * n);
         let panels = n.div_ceil(PANEL);
         let row_tasks = m.div_ceil(TASK_ROWS);
@@ -660,13 +653,15 @@ mod tests {
     }
 
     #[test]
-    fn mismatched_input_is_an_error() {
+    fn mismatched_or_empty_input() {
         let w = QuantMatrix::from_qtensor(&quantized(GgmlDType::Q8_0, 16, 64, 6))
             .unwrap()
             .unwrap();
         let x = Tensor::zeros((3, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
         let e = quant_linear(&x, &w).unwrap_err().to_string();
         assert!(e.contains("64 columns"), "{e}");
+        let empty = Tensor::zeros((2, 0, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(quant_linear(&empty, &w).unwrap().dims(), &[2, 0, 16]);
     }
 
     #[test]
