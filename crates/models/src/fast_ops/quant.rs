@@ -195,21 +195,29 @@ impl QuantMatrix {
         panel: usize,
         dst: SendPtr,
     ) {
-        let blocks = self.cols / BLOCK;
         let width = PANEL.min(self.rows - panel * PANEL);
-        let codes = &self.codes[panel * blocks * self.planes * PANEL_BLOCK_BYTES..]
-            [..blocks * self.planes * PANEL_BLOCK_BYTES];
-        let scales = &self.scales[panel * blocks * 2 * PANEL..][..blocks * 2 * PANEL];
+        let panel_ref = self.panel(panel);
         let mut r = rows.start;
         while r < rows.end {
             let count = if rows.end - r >= 2 { 2 } else { 1 };
             let mut tile = [[0f32; PANEL]; 2];
-            tile_product(self.planes, acts, r, count, codes, scales, &mut tile);
+            tile_product(&panel_ref, acts, r, count, &mut tile);
             for (i, row) in tile.iter().take(count).enumerate() {
                 let out = dst.0.add((r + i) * self.rows + panel * PANEL);
                 std::ptr::copy_nonoverlapping(row.as_ptr(), out, width);
             }
             r += count;
+        }
+    }
+
+    /// Panel `panel`'s codes and scales.
+    fn panel(&self, panel: usize) -> Panel<'_> {
+        let blocks = self.cols / BLOCK;
+        let bytes = blocks * self.planes * PANEL_BLOCK_BYTES;
+        Panel {
+            planes: self.planes,
+            codes: &self.codes[panel * bytes..][..bytes],
+            scales: &self.scales[panel * blocks * 2 * PANEL..][..blocks * 2 * PANEL],
         }
     }
 
@@ -311,21 +319,27 @@ fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
+/// One panel's codes and scales (all its blocks), with its number of code planes.
+struct Panel<'a> {
+    planes: usize,
+    codes: &'a [u8],
+    scales: &'a [f32],
+}
+
 /// `tile[i] = ` row `r + i` of the activations times the panel, for `count` (1 or 2) rows.
 fn tile_product(
-    planes: usize,
+    panel: &Panel,
     acts: &QuantRows,
     r: usize,
     count: usize,
-    codes: &[u8],
-    scales: &[f32],
     tile: &mut [[f32; PANEL]; 2],
 ) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
+        let (codes, scales) = (panel.codes, panel.scales);
         // SAFETY: the CPU has AVX2 and FMA; the slices cover the blocks the kernel reads.
         unsafe {
-            return match (planes, count) {
+            return match (panel.planes, count) {
                 (1, 2) => avx2::tile::<1, 2>(acts, r, codes, scales, tile),
                 (1, _) => avx2::tile::<1, 1>(acts, r, codes, scales, tile),
                 (_, 2) => avx2::tile::<2, 2>(acts, r, codes, scales, tile),
@@ -333,19 +347,22 @@ fn tile_product(
             };
         }
     }
-    tile_portable(planes, acts, r, count, codes, scales, tile)
+    tile_portable(panel, acts, r, count, tile)
 }
 
 /// The same sums as the AVX2 kernel, one value at a time.
 fn tile_portable(
-    planes: usize,
+    panel: &Panel,
     acts: &QuantRows,
     r: usize,
     count: usize,
-    codes: &[u8],
-    scales: &[f32],
     tile: &mut [[f32; PANEL]; 2],
 ) {
+    let Panel {
+        planes,
+        codes,
+        scales,
+    } = *panel;
     let blocks = acts.cols / BLOCK;
     for (i, out) in tile.iter_mut().take(count).enumerate() {
         let row = r + i;
@@ -585,13 +602,10 @@ mod tests {
             }
             let mut portable = vec![0f32; m * n];
             let acts = QuantRows::quantize(&x, m, k);
-            let blocks = k / BLOCK;
             for panel in 0..n.div_ceil(PANEL) {
-                let codes = &w.codes[panel * blocks * w.planes * PANEL_BLOCK_BYTES..];
-                let scales = &w.scales[panel * blocks * 2 * PANEL..];
                 for r in 0..m {
                     let mut tile = [[0f32; PANEL]; 2];
-                    tile_portable(w.planes, &acts, r, 1, codes, scales, &mut tile);
+                    tile_portable(&w.panel(panel), &acts, r, 1, &mut tile);
                     for c in 0..PANEL.min(n - panel * PANEL) {
                         portable[r * n + panel * PANEL + c] = tile[0][c];
                     }
