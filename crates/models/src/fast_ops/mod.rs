@@ -1,6 +1,6 @@
 //! CPU kernels for what candle 0.11 runs slowly (scalar, one thread, or as chains of
-//! allocating ops): inference linear layers (f32 and quantized), attention, GELU, SwiGLU and next-token
-//! log-probabilities here, fused differentiable training ops in [`train`].
+//! allocating ops): inference linear layers (f32 and quantized), attention, GELU, SwiGLU and
+//! next-token log-probabilities here, fused differentiable training ops in [`train`].
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
