@@ -70,10 +70,11 @@ fn print_text(r: &AskResult, chars: usize) {
     println!("Evidence ({:?} retriever):", r.retriever);
     for (i, e) in r.evidence.iter().enumerate() {
         println!(
-            "  [{}] {} — score {:.3}, p(z|x) {:.3}, reader: {:?}",
+            "  [{}] {} — score {:.3}, BM25 {:.1}, p(z|x) {:.3}, reader: {:?}",
             i + 1,
             e.title,
             e.score,
+            e.bm25,
             e.prob,
             e.reader_answer
         );

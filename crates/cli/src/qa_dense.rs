@@ -14,6 +14,7 @@ use ralm_realm::finetune::open_checkpoint;
 use ralm_realm::generative::GenerativeReader;
 use ralm_realm::metrics::{exact_match, f1_score, first_hit, AnswerMatcher, RecallAtK};
 use ralm_realm::passages::{read_passages, MAX_PASSAGE_WORDPIECES};
+use ralm_realm::prior::{PassagePrior, PriorSample};
 use ralm_realm::qa_index::{build_or_reuse, BuildEvent, CorpusSources, Outcome, QaIndex};
 use ralm_realm::retriever::DenseEncoder;
 use serde_json::json;
@@ -89,9 +90,12 @@ pub struct ReaderArgs {
     /// Retriever: bm25, dense or hybrid.
     #[arg(long, default_value = "hybrid")]
     pub retriever: RetrieverKind,
-    /// Scale of inner products in p(z|x) = softmax(scale · q·d).
+    /// Scale of inner products in p(z|x) = softmax(scale · q·d + bm25-weight · BM25).
     #[arg(long, default_value_t = DEFAULT_SCORE_SCALE)]
     pub scale: f64,
+    /// Weight of BM25 scores in p(z|x) (0: the dense inner products alone, as REALM).
+    #[arg(long, default_value_t = 0.0)]
+    pub bm25_weight: f64,
 }
 
 /// A QA system and, when a fine-tuned query tower asks the questions, the zero-shot encoder
@@ -158,7 +162,10 @@ impl ReaderArgs {
                 index,
                 encoder,
                 reader,
-                score_scale: self.scale,
+                prior: PassagePrior {
+                    dense: self.scale,
+                    bm25: self.bm25_weight,
+                },
             },
             zero_shot,
         })
@@ -205,6 +212,11 @@ struct EvalArgs {
     /// Seed of split_by_article (squad-open).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Fit p(z|x)'s dense and BM25 weights for each reader run on this many train-article
+    /// questions (squad-open; never the evaluated articles) instead of --scale and
+    /// --bm25-weight; 0 = no fit.
+    #[arg(long, default_value_t = 0)]
+    fit_prior: usize,
     /// Write the results as JSON here.
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -317,6 +329,16 @@ fn eval_questions(a: &EvalArgs) -> anyhow::Result<Vec<QaExample>> {
     Ok(spread_sample(examples, a.limit))
 }
 
+/// `n` train-article questions of squad-open (spread evenly) to fit priors on.
+fn fit_questions(a: &EvalArgs, n: usize) -> anyhow::Result<Vec<QaExample>> {
+    if a.dataset != Dataset::SquadOpen {
+        anyhow::bail!("--fit-prior needs squad-open, whose train articles the prior is fitted on");
+    }
+    let data = shared_data_dir();
+    let examples = a.dataset.load(&data)?;
+    Ok(spread_sample(squad_split(examples, a.seed)?.train, n))
+}
+
 /// squad-open questions split by article ([`split_by_article`], seeded).
 pub fn squad_split(examples: Vec<QaExample>, seed: u64) -> anyhow::Result<ArticleSplit> {
     let passages = read_passages(&squad_passages_path())?;
@@ -330,7 +352,49 @@ pub fn squad_split(examples: Vec<QaExample>, seed: u64) -> anyhow::Result<Articl
 
 const RECALL_KS: [usize; 3] = [1, 5, 20];
 
+/// The prior that best puts `p(z|x)` on answer-holding passages among the top-`k` that
+/// `encoder` and `kind` retrieve for `questions` ([`PassagePrior::fit`]).
+fn fit_prior(
+    system: &QaSystem,
+    encoder: &DenseEncoder,
+    questions: &[QaExample],
+    k: usize,
+    kind: RetrieverKind,
+    label: &str,
+) -> anyhow::Result<PassagePrior> {
+    let pb = bar(questions.len(), &format!("fit {label}"));
+    let passages = system.index.passages();
+    let mut samples = Vec::with_capacity(questions.len());
+    for ex in questions {
+        let r = retrieve(&system.index, encoder, &ex.question, k, kind)?;
+        let matcher = AnswerMatcher::for_example(ex);
+        samples.push(PriorSample {
+            dense: r.hits.iter().map(|h| h.1).collect(),
+            bm25: r.bm25,
+            has_answer: r
+                .hits
+                .iter()
+                .map(|&(i, _)| matcher.has_answer(&passages[i].text))
+                .collect(),
+        });
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let prior = PassagePrior::fit(&samples, true);
+    let (ll, n) = prior.log_likelihood(&samples);
+    let (ll0, _) = system.prior.log_likelihood(&samples);
+    println!(
+        "{label}: fitted p(z|x) = softmax({} q·d + {} BM25) on {n} of {} train-article questions \
+         (mean log-likelihood {ll:.3}, against {ll0:.3} with the given prior)",
+        prior.dense,
+        prior.bm25,
+        questions.len()
+    );
+    Ok(prior)
+}
+
 /// EM/F1 of a reader over some questions.
+#[derive(Default)]
 pub struct ReaderScores {
     pub em: f64,
     pub f1: f64,
@@ -338,36 +402,46 @@ pub struct ReaderScores {
     pub predictions: Vec<serde_json::Value>,
 }
 
-/// Answers `questions` with `system`, retrieving with `encoder` and `kind`, and scores them.
+/// Answers `questions` with `system`, retrieving with `encoder` and `kind`, and scores the
+/// answers under each of `priors` (one reading per question serves them all).
 pub fn score_reader(
     system: &QaSystem,
     encoder: &DenseEncoder,
+    priors: &[PassagePrior],
     questions: &[QaExample],
     k: usize,
     kind: RetrieverKind,
     label: &str,
-) -> anyhow::Result<ReaderScores> {
+) -> anyhow::Result<Vec<ReaderScores>> {
     let pb = bar(questions.len(), label);
     let start = Instant::now();
-    let (mut em, mut f1) = (0.0, 0.0);
-    let mut predictions = Vec::new();
-    for ex in questions {
-        let r = system.ask_with(encoder, &ex.question, k, kind)?;
-        let answer = r.answer.map(|s| s.text).unwrap_or_default();
-        em += exact_match(&answer, &ex.answers);
-        f1 += f1_score(&answer, &ex.answers);
-        predictions.push(json!({"id": ex.id, "question": ex.question, "prediction": answer, "answers": ex.answers}));
+    let mut scores: Vec<ReaderScores> = priors.iter().map(|_| ReaderScores::default()).collect();
+    for (n, ex) in questions.iter().enumerate() {
+        let r = retrieve(&system.index, encoder, &ex.question, k, kind)?;
+        let reading = system.read(&r)?;
+        for (prior, s) in priors.iter().zip(&mut scores) {
+            let answer = system.answer(&r, &reading, prior, kind).answer;
+            let answer = answer.map(|s| s.text).unwrap_or_default();
+            s.em += exact_match(&answer, &ex.answers);
+            s.f1 += f1_score(&answer, &ex.answers);
+            s.predictions.push(json!({"id": ex.id, "question": ex.question, "prediction": answer, "answers": ex.answers}));
+        }
         pb.inc(1);
-        pb.set_message(format!("EM {:.1}%", 100.0 * em / predictions.len() as f64));
+        let ems: Vec<String> = scores
+            .iter()
+            .map(|s| format!("{:.1}%", 100.0 * s.em / (n + 1) as f64))
+            .collect();
+        pb.set_message(format!("EM {}", ems.join(" / ")));
     }
     pb.finish_and_clear();
     let n = questions.len().max(1) as f64;
-    Ok(ReaderScores {
-        em: em / n,
-        f1: f1 / n,
-        questions_per_s: questions.len() as f64 / start.elapsed().as_secs_f64(),
-        predictions,
-    })
+    let qps = questions.len() as f64 / start.elapsed().as_secs_f64();
+    for s in &mut scores {
+        s.em /= n;
+        s.f1 /= n;
+        s.questions_per_s = qps;
+    }
+    Ok(scores)
 }
 
 /// The retrievers compared: `(label, kind, question encoder)`. With a fine-tuned query tower,
@@ -450,21 +524,37 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
             .collect(),
         None => vec![("reader".into(), a.reader.retriever, &system.encoder)],
     };
+    let fit_on = match (a.fit_prior, n_read) {
+        (0, _) | (_, 0) => Vec::new(),
+        (n, _) => fit_questions(&a, n)?,
+    };
     for (label, kind, encoder) in reader_runs.iter().filter(|_| n_read > 0) {
-        let s = score_reader(system, encoder, &read, a.reader.k, *kind, label)?;
-        println!(
-            "{label} ({kind:?}, k={}): EM {:.1}%  F1 {:.1}% on {n_read} questions ({:.2} questions/s)",
-            a.reader.k,
-            100.0 * s.em,
-            100.0 * s.f1,
-            s.questions_per_s
-        );
-        results.insert(
-            label.clone(),
-            json!({"retriever": kind, "k": a.reader.k, "questions": n_read,
-                   "em": s.em, "f1": s.f1, "questions_per_s": s.questions_per_s,
-                   "predictions": s.predictions}),
-        );
+        // The given prior, and with --fit-prior the fitted one as well, from the same readings.
+        let mut priors = vec![(label.clone(), system.prior)];
+        if !fit_on.is_empty() {
+            let fitted = fit_prior(system, encoder, &fit_on, a.reader.k, *kind, label)?;
+            priors.push((format!("{label}-fitted-prior"), fitted));
+        }
+        let only: Vec<PassagePrior> = priors.iter().map(|p| p.1).collect();
+        let scores = score_reader(system, encoder, &only, &read, a.reader.k, *kind, label)?;
+        for ((name, prior), s) in priors.into_iter().zip(scores) {
+            println!(
+                "{name} ({kind:?}, k={}, p(z|x) = softmax({} q·d + {} BM25)): EM {:.1}%  F1 {:.1}% \
+                 on {n_read} questions ({:.2} questions/s)",
+                a.reader.k,
+                prior.dense,
+                prior.bm25,
+                100.0 * s.em,
+                100.0 * s.f1,
+                s.questions_per_s
+            );
+            results.insert(
+                name,
+                json!({"retriever": kind, "k": a.reader.k, "questions": n_read, "prior": prior,
+                       "em": s.em, "f1": s.f1, "questions_per_s": s.questions_per_s,
+                       "predictions": s.predictions}),
+            );
+        }
     }
     if let Some(path) = &a.json_out {
         results.insert("dataset".into(), json!(format!("{:?}", a.dataset)));

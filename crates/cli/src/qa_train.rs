@@ -14,6 +14,7 @@ use ralm_realm::data::{shared_data_dir, Dataset, QaExample};
 use ralm_realm::finetune::{
     checkpoint_dir, open_checkpoint, read_state, FineTuneConfig, Trainer, CHECKPOINT_DIR,
 };
+use ralm_realm::prior::PassagePrior;
 use ralm_realm::qa_index::QaIndex;
 use ralm_realm::reader::ReaderOptions;
 use ralm_realm::retriever::DenseEncoder;
@@ -175,17 +176,21 @@ fn evaluate(
         index: QaIndex::open(&a.index, document)?,
         encoder: ft.query,
         reader: Some(Reader::Extractive(ft.reader)),
-        score_scale: a.scale,
+        prior: PassagePrior {
+            dense: a.scale,
+            bm25: 0.0,
+        },
     };
     let s = score_reader(
         &system,
         &system.encoder,
+        &[system.prior],
         questions,
         a.k,
         RetrieverKind::Dense,
         "eval",
     )?;
-    Ok((s.em, s.f1))
+    Ok((s[0].em, s[0].f1))
 }
 
 /// Runs `ralm qa train`.

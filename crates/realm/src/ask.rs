@@ -11,6 +11,7 @@ use crate::error::{RealmError, Result};
 use crate::generative::GenerativeReader;
 use crate::metrics::normalize_answer;
 use crate::passages::Passage;
+use crate::prior::{softmax, PassagePrior};
 use crate::qa_index::QaIndex;
 use crate::reader::ExtractiveReader;
 use crate::retriever::DenseEncoder;
@@ -45,16 +46,7 @@ impl FromStr for RetrieverKind {
 
 /// `softmax(scale · scores)` as f64.
 pub fn passage_posterior(scores: &[f32], scale: f64) -> Vec<f64> {
-    let max = scores
-        .iter()
-        .map(|&s| s as f64 * scale)
-        .fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = scores
-        .iter()
-        .map(|&s| (s as f64 * scale - max).exp())
-        .collect();
-    let z: f64 = e.iter().sum();
-    e.into_iter().map(|x| x / z).collect()
+    softmax(&scores.iter().map(|&s| s as f64 * scale).collect::<Vec<_>>())
 }
 
 /// Candidate answers grouped by their normalised form; each group is represented by the
@@ -101,6 +93,8 @@ pub struct Evidence {
     pub text: String,
     /// Dense inner product with the question.
     pub score: f32,
+    /// BM25 score ([`QaIndex::bm25_scores`]).
+    pub bm25: f32,
     /// `p(z|x)`.
     pub prob: f64,
     /// What the reader answered from this passage alone.
@@ -128,8 +122,9 @@ pub enum Reader {
     Extractive(ExtractiveReader),
 }
 
-/// Candidate answers, and what the reader answered from each passage alone.
-struct Reading {
+/// Candidate answers, and what the reader answered from each passage alone: what a reader
+/// makes of the retrieved passages before `p(z|x)` weighs them.
+pub struct Reading {
     candidates: Vec<String>,
     /// `log p(a|x,z)`, `[candidate][passage]`.
     logp: Vec<Vec<f64>>,
@@ -209,14 +204,16 @@ pub struct QaSystem {
     pub encoder: DenseEncoder,
     /// None for retrieval alone (recall measurements); asking then fails.
     pub reader: Option<Reader>,
-    /// Scale of inner products in `p(z|x)`.
-    pub score_scale: f64,
+    /// How `p(z|x)` weighs the retrieved passages.
+    pub prior: PassagePrior,
 }
 
 /// Passages retrieved for one question: `(passage index, dense inner product)`, best first.
 pub struct Retrieved {
     pub question: String,
     pub hits: Vec<(usize, f32)>,
+    /// The BM25 score of each hit ([`QaIndex::bm25_scores`]).
+    pub bm25: Vec<f32>,
     pub warnings: Vec<String>,
 }
 
@@ -243,9 +240,12 @@ pub fn retrieve(
             .map(|(i, _)| (i, index.score(&query, i)))
             .collect(),
     };
+    let ids: Vec<usize> = hits.iter().map(|h| h.0).collect();
+    let bm25 = index.bm25_scores(&q.text, &ids)?;
     Ok(Retrieved {
         question: q.text,
         hits,
+        bm25,
         warnings: q.warning.into_iter().collect(),
     })
 }
@@ -253,50 +253,70 @@ pub fn retrieve(
 impl QaSystem {
     /// Answers `question` from its top-`k` passages.
     pub fn ask(&self, question: &str, k: usize, kind: RetrieverKind) -> Result<AskResult> {
-        self.ask_with(&self.encoder, question, k, kind)
+        self.ask_with(&self.encoder, &self.prior, question, k, kind)
     }
 
     /// [`ask`](Self::ask) with another question encoder for the index (e.g. the zero-shot one
-    /// beside a fine-tuned query tower).
+    /// beside a fine-tuned query tower) and another prior.
     pub fn ask_with(
         &self,
         encoder: &DenseEncoder,
+        prior: &PassagePrior,
         question: &str,
         k: usize,
         kind: RetrieverKind,
     ) -> Result<AskResult> {
         let r = retrieve(&self.index, encoder, question, k, kind)?;
-        let scores: Vec<f32> = r.hits.iter().map(|h| h.1).collect();
-        let p_z = passage_posterior(&scores, self.score_scale);
+        let reading = self.read(&r)?;
+        Ok(self.answer(&r, &reading, prior, kind))
+    }
+
+    /// Reads the retrieved passages (the costly part of answering, independent of the prior).
+    pub fn read(&self, r: &Retrieved) -> Result<Reading> {
         let passages = self.index.passages();
         let hits: Vec<&Passage> = r.hits.iter().map(|&(i, _)| &passages[i]).collect();
         let reader = self.reader.as_ref().ok_or_else(|| {
             RealmError::Invalid("this QA system has no reader: it only retrieves".into())
         })?;
-        let reading = reader.read(&r.question, &hits)?;
+        reader.read(&r.question, &hits)
+    }
+
+    /// The answers of `reading` marginalised over the passages of `r` with `prior`.
+    pub fn answer(
+        &self,
+        r: &Retrieved,
+        reading: &Reading,
+        prior: &PassagePrior,
+        kind: RetrieverKind,
+    ) -> AskResult {
+        let scores: Vec<f32> = r.hits.iter().map(|h| h.1).collect();
+        let p_z = prior.posterior(&scores, &r.bm25);
+        let passages = self.index.passages();
         let answers = marginalize(&p_z, &reading.candidates, &reading.logp);
         let evidence = r
             .hits
             .iter()
+            .zip(&r.bm25)
             .zip(&p_z)
-            .zip(reading.per_passage)
-            .map(|((&(i, score), &prob), reader_answer)| Evidence {
+            .zip(&reading.per_passage)
+            .map(|(((&(i, score), &bm25), &prob), reader_answer)| Evidence {
                 id: passages[i].id.clone(),
                 title: passages[i].title.clone(),
                 text: passages[i].text.clone(),
                 score,
+                bm25,
                 prob,
-                reader_answer,
+                reader_answer: reader_answer.clone(),
             })
             .collect();
-        Ok(AskResult {
-            question: r.question,
+        AskResult {
+            question: r.question.clone(),
             retriever: kind,
             answer: answers.first().cloned(),
             answers,
             evidence,
-            warnings: r.warnings,
-        })
+            warnings: r.warnings.clone(),
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod generative;
 pub mod metrics;
 pub mod passages;
 pub mod pretrain;
+pub mod prior;
 pub mod qa_index;
 pub mod reader;
 pub mod refresh;

@@ -350,6 +350,23 @@ impl QaIndex {
         self.bm25.search(question, k)
     }
 
+    /// BM25 scores of passages `ids` for `question`: exact for the passages in BM25's top
+    /// [`FUSION_DEPTH`] (or `ids.len()`); for the others the lowest score of a full list (an
+    /// upper bound), or 0 when the list is shorter (BM25 matched nothing else).
+    pub fn bm25_scores(&self, question: &str, ids: &[usize]) -> Result<Vec<f32>> {
+        let depth = ids.len().max(FUSION_DEPTH);
+        let hits = self.bm25(question, depth)?;
+        let floor = match hits.last() {
+            Some(h) if hits.len() == depth => h.1,
+            _ => 0.0,
+        };
+        let scores: HashMap<usize, f32> = hits.into_iter().collect();
+        Ok(ids
+            .iter()
+            .map(|i| scores.get(i).copied().unwrap_or(floor))
+            .collect())
+    }
+
     /// Reciprocal-rank fusion of the BM25 and dense rankings, each [`FUSION_DEPTH`] deep (or
     /// `k`): the best `k` by fused rank, each with its dense inner product as score (what
     /// p(z|x) is computed from).

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use ralm_models::bert::Pooling;
-use ralm_realm::ask::{retrieve, QaSystem, Reader, RetrieverKind, DEFAULT_SCORE_SCALE};
+use ralm_realm::ask::{retrieve, QaSystem, Reader, RetrieverKind};
 use ralm_realm::data::repo_root;
 use ralm_realm::generative::GenerativeReader;
 use ralm_realm::metrics::normalize_answer;
+use ralm_realm::prior::PassagePrior;
 use ralm_realm::qa_index::{build_or_reuse, CorpusSources, Outcome, QaIndex};
 use ralm_realm::retriever::DenseEncoder;
 
@@ -134,6 +135,14 @@ fn index_is_reused_refused_for_another_encoder_and_retrieves_the_obvious_passage
             let distinct: std::collections::HashSet<usize> = r.hits.iter().map(|h| h.0).collect();
             assert_eq!(distinct.len(), r.hits.len(), "{kind:?}: repeated passages");
             assert!(r.warnings.is_empty());
+            // Each hit carries its BM25 score (0 where BM25 did not match it: this corpus is
+            // smaller than the depth searched).
+            let bm25 = index.bm25(question, index.passages().len()).unwrap();
+            assert_eq!(r.bm25.len(), r.hits.len());
+            for (&(i, _), &s) in r.hits.iter().zip(&r.bm25) {
+                let want = bm25.iter().find(|h| h.0 == i).map_or(0.0, |h| h.1);
+                assert_eq!(s, want, "{kind:?}: {question}");
+            }
         }
     }
 
@@ -180,7 +189,7 @@ fn ask_answers_from_the_retrieved_passage() {
         reader: Some(Reader::Generative(
             GenerativeReader::load(&reader, &Device::Cpu).unwrap(),
         )),
-        score_scale: DEFAULT_SCORE_SCALE,
+        prior: PassagePrior::default(),
     };
     let long = format!("What is the capital of France? {}", "Please. ".repeat(100));
     let r = system.ask(&long, 2, RetrieverKind::Dense).unwrap();

@@ -14,6 +14,7 @@ use ralm_realm::finetune::loss::marginal_loss;
 use ralm_realm::finetune::query::QueryTower;
 use ralm_realm::finetune::{open_checkpoint, FineTuneConfig, Trainer};
 use ralm_realm::metrics::normalize_answer;
+use ralm_realm::prior::PassagePrior;
 use ralm_realm::qa_index::{build_or_reuse, CorpusSources, QaIndex};
 use ralm_realm::reader::{ExtractiveReader, ReaderInput, ReaderOptions, SpanMatcher, SpecialIds};
 use ralm_realm::retriever::DenseEncoder;
@@ -422,7 +423,7 @@ fn training_leaves_the_index_alone_checkpoints_resume_and_provenance_is_checked(
         index,
         encoder: ft.query,
         reader: Some(Reader::Extractive(ft.reader)),
-        score_scale: 20.0,
+        prior: PassagePrior::default(),
     };
     let r = system
         .ask("what is the capital of france?", 2, RetrieverKind::Dense)

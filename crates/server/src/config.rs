@@ -23,6 +23,8 @@ pub struct ServerConfig {
     pub reader: PathBuf,
     /// Scale of inner products in `p(z|x)` for `/v1/ask`.
     pub score_scale: f64,
+    /// Weight of BM25 scores in `p(z|x)` for `/v1/ask` (`ralm qa eval --fit-prior` fits it).
+    pub bm25_weight: f64,
     /// QA index directories built by `ralm qa index`.
     pub qa_indexes: Vec<NamedPath>,
     /// Causal LM (GGUF file or HF directory) the kNN-LM datastores were built with.
@@ -193,6 +195,7 @@ impl Default for ServerConfig {
             encoder_batch: 64,
             reader: "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
             score_scale: ralm_realm::ask::DEFAULT_SCORE_SCALE,
+            bm25_weight: 0.0,
             qa_indexes: Vec::new(),
             lm: "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
             lm_quantized: false,

@@ -17,6 +17,7 @@ use ralm_models::llama::{resolve_model_path, LlamaModel, WeightMode};
 use ralm_models::marian::{Precision, Translator};
 use ralm_realm::ask::{QaSystem, RetrieverKind};
 use ralm_realm::generative::GenerativeReader;
+use ralm_realm::prior::PassagePrior;
 use ralm_realm::qa_index::QaIndex;
 use ralm_realm::retriever::DenseEncoder;
 use serde::Serialize;
@@ -167,7 +168,10 @@ pub fn load_qa(cfg: &ServerConfig, dir: &Path) -> Result<(u64, QaSystem), LoadEr
         index,
         encoder,
         reader: Some(ralm_realm::ask::Reader::Generative(reader)),
-        score_scale: cfg.score_scale,
+        prior: PassagePrior {
+            dense: cfg.score_scale,
+            bm25: cfg.bm25_weight,
+        },
     };
     Ok((version, system))
 }
