@@ -212,9 +212,9 @@ struct EvalArgs {
     /// Seed of split_by_article (squad-open).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Fit p(z|x)'s dense and BM25 weights for each reader run on this many train-article
-    /// questions (squad-open; never the evaluated articles) instead of --scale and
-    /// --bm25-weight; 0 = no fit.
+    /// Also fit p(z|x)'s dense and BM25 weights for each reader run on this many train-article
+    /// questions (squad-open; never the evaluated articles) and score the reader under the
+    /// fitted prior beside the one --scale and --bm25-weight give; 0 = no fit.
     #[arg(long, default_value_t = 0)]
     fit_prior: usize,
     /// Write the results as JSON here.
