@@ -87,7 +87,8 @@ pub struct ReaderArgs {
     /// Passages read per question.
     #[arg(long, default_value_t = 5)]
     pub k: usize,
-    /// Retriever: bm25, dense or hybrid.
+    /// Retriever: bm25, dense, hybrid (reciprocal-rank fusion) or weighted (the BM25 and dense
+    /// top 100 ranked by p(z|x), i.e. by --scale and --bm25-weight).
     #[arg(long, default_value = "hybrid")]
     pub retriever: RetrieverKind,
     /// Scale of inner products in p(z|x) = softmax(scale · q·d + bm25-weight · BM25).
@@ -366,7 +367,7 @@ fn fit_prior(
     let passages = system.index.passages();
     let mut samples = Vec::with_capacity(questions.len());
     for ex in questions {
-        let r = retrieve(&system.index, encoder, &ex.question, k, kind)?;
+        let r = retrieve(&system.index, encoder, &system.prior, &ex.question, k, kind)?;
         let matcher = AnswerMatcher::for_example(ex);
         samples.push(PriorSample {
             dense: r.hits.iter().map(|h| h.1).collect(),
@@ -403,7 +404,8 @@ pub struct ReaderScores {
 }
 
 /// Answers `questions` with `system`, retrieving with `encoder` and `kind`, and scores the
-/// answers under each of `priors` (one reading per question serves them all).
+/// answers under each of `priors` (one reading per question serves them all; the first
+/// ranks the weighted retriever).
 pub fn score_reader(
     system: &QaSystem,
     encoder: &DenseEncoder,
@@ -417,7 +419,7 @@ pub fn score_reader(
     let start = Instant::now();
     let mut scores: Vec<ReaderScores> = priors.iter().map(|_| ReaderScores::default()).collect();
     for (n, ex) in questions.iter().enumerate() {
-        let r = retrieve(&system.index, encoder, &ex.question, k, kind)?;
+        let r = retrieve(&system.index, encoder, &priors[0], &ex.question, k, kind)?;
         let reading = system.read(&r)?;
         for (prior, s) in priors.iter().zip(&mut scores) {
             let answer = system.answer(&r, &reading, prior, kind).answer;
@@ -453,13 +455,16 @@ fn retrievers(loaded: &Loaded) -> Vec<(&'static str, RetrieverKind, &DenseEncode
             ("bm25", RetrieverKind::Bm25, main),
             ("dense", RetrieverKind::Dense, main),
             ("hybrid", RetrieverKind::Hybrid, main),
+            ("weighted", RetrieverKind::Weighted, main),
         ],
         Some(zs) => vec![
             ("bm25", RetrieverKind::Bm25, main),
             ("dense-zero-shot", RetrieverKind::Dense, zs),
             ("hybrid-zero-shot", RetrieverKind::Hybrid, zs),
+            ("weighted-zero-shot", RetrieverKind::Weighted, zs),
             ("dense-fine-tuned", RetrieverKind::Dense, main),
             ("hybrid-fine-tuned", RetrieverKind::Hybrid, main),
+            ("weighted-fine-tuned", RetrieverKind::Weighted, main),
         ],
     }
 }
@@ -482,7 +487,14 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         let start = Instant::now();
         let mut recall = RecallAtK::new(&RECALL_KS);
         for ex in &questions {
-            let r = retrieve(&system.index, encoder, &ex.question, 20, kind)?;
+            let r = retrieve(
+                &system.index,
+                encoder,
+                &system.prior,
+                &ex.question,
+                20,
+                kind,
+            )?;
             let matcher = AnswerMatcher::for_example(ex);
             recall.add(first_hit(
                 r.hits.iter().map(|&(i, _)| passages[i].text.as_str()),
@@ -515,11 +527,12 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         n => spread_sample(questions.clone(), n),
     };
     let n_read = read.len();
-    // With a checkpoint the reader is compared across retrievers; else the chosen one is used.
+    // With a checkpoint the reader is compared across BM25, zero-shot dense and the fine-tuned
+    // retrievers; else the chosen one is used.
     let reader_runs: Vec<(String, RetrieverKind, &DenseEncoder)> = match loaded.zero_shot {
         Some(_) => retrievers
             .iter()
-            .filter(|r| r.0 != "hybrid-zero-shot")
+            .filter(|r| !matches!(r.0, "hybrid-zero-shot" | "weighted-zero-shot"))
             .map(|&(l, k, e)| (format!("reader-{l}"), k, e))
             .collect(),
         None => vec![("reader".into(), a.reader.retriever, &system.encoder)],

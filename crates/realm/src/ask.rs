@@ -26,8 +26,11 @@ pub const DEFAULT_SCORE_SCALE: f64 = 20.0;
 pub enum RetrieverKind {
     Bm25,
     Dense,
-    /// BM25 top-k ∪ dense top-k, re-scored by the dense inner product.
+    /// Reciprocal-rank fusion of the BM25 and dense rankings ([`QaIndex::hybrid`]).
     Hybrid,
+    /// The BM25 and dense top 100 ranked by the prior's logit ([`QaIndex::weighted`]): the
+    /// passages with the highest `p(z|x)`.
+    Weighted,
 }
 
 impl FromStr for RetrieverKind {
@@ -37,8 +40,9 @@ impl FromStr for RetrieverKind {
             "bm25" => Ok(Self::Bm25),
             "dense" => Ok(Self::Dense),
             "hybrid" => Ok(Self::Hybrid),
+            "weighted" => Ok(Self::Weighted),
             _ => Err(format!(
-                "unknown retriever `{s}` (expected bm25, dense or hybrid)"
+                "unknown retriever `{s}` (expected bm25, dense, hybrid or weighted)"
             )),
         }
     }
@@ -217,11 +221,35 @@ pub struct Retrieved {
     pub warnings: Vec<String>,
 }
 
-/// Retrieves the top-`k` passages for `question` with `kind`; every hit is scored by its dense
-/// inner product (BM25 hits keep BM25's order).
+/// The top-`k` passages of `kind` for `question` (already checked) and its encoding `query`,
+/// best first, each with its dense inner product (BM25 hits keep BM25's order); `prior` ranks
+/// [`RetrieverKind::Weighted`].
+pub fn search(
+    index: &QaIndex,
+    kind: RetrieverKind,
+    question: &str,
+    query: &[f32],
+    k: usize,
+    prior: &PassagePrior,
+) -> Result<Vec<(usize, f32)>> {
+    Ok(match kind {
+        RetrieverKind::Dense => index.dense(query, k)?,
+        RetrieverKind::Hybrid => index.hybrid(question, query, k)?,
+        RetrieverKind::Weighted => index.weighted(question, query, k, prior)?,
+        RetrieverKind::Bm25 => index
+            .bm25(question, k)?
+            .into_iter()
+            .map(|(i, _)| (i, index.score(query, i)))
+            .collect(),
+    })
+}
+
+/// Retrieves the top-`k` passages for `question` with `kind` ([`search`]), with the BM25
+/// score of each.
 pub fn retrieve(
     index: &QaIndex,
     encoder: &DenseEncoder,
+    prior: &PassagePrior,
     question: &str,
     k: usize,
     kind: RetrieverKind,
@@ -231,15 +259,7 @@ pub fn retrieve(
     }
     let q = encoder.check_question(question)?;
     let query = encoder.encode_questions(&[&q.text])?;
-    let hits = match kind {
-        RetrieverKind::Dense => index.dense(&query, k)?,
-        RetrieverKind::Hybrid => index.hybrid(&q.text, &query, k)?,
-        RetrieverKind::Bm25 => index
-            .bm25(&q.text, k)?
-            .into_iter()
-            .map(|(i, _)| (i, index.score(&query, i)))
-            .collect(),
-    };
+    let hits = search(index, kind, &q.text, &query, k, prior)?;
     let ids: Vec<usize> = hits.iter().map(|h| h.0).collect();
     let bm25 = index.bm25_scores(&q.text, &ids)?;
     Ok(Retrieved {
@@ -266,7 +286,7 @@ impl QaSystem {
         k: usize,
         kind: RetrieverKind,
     ) -> Result<AskResult> {
-        let r = retrieve(&self.index, encoder, question, k, kind)?;
+        let r = retrieve(&self.index, encoder, prior, question, k, kind)?;
         let reading = self.read(&r)?;
         Ok(self.answer(&r, &reading, prior, kind))
     }

@@ -48,13 +48,18 @@ pub struct PriorSample {
 }
 
 impl PassagePrior {
+    /// The unnormalised log-prior of a passage with dense score `dense` and BM25 score `bm25`.
+    pub fn logit(&self, dense: f32, bm25: f32) -> f64 {
+        self.dense * dense as f64 + self.bm25 * bm25 as f64
+    }
+
     /// `p(z|x)` of passages with dense scores `dense` and BM25 scores `bm25` (same length).
     pub fn posterior(&self, dense: &[f32], bm25: &[f32]) -> Vec<f64> {
         assert_eq!(dense.len(), bm25.len(), "one BM25 score per passage");
         let logits: Vec<f64> = dense
             .iter()
             .zip(bm25)
-            .map(|(&d, &b)| self.dense * d as f64 + self.bm25 * b as f64)
+            .map(|(&d, &b)| self.logit(d, b))
             .collect();
         softmax(&logits)
     }

@@ -19,6 +19,7 @@ use crate::data::{read_json, read_wiki_summaries, Document};
 use crate::error::{RealmError, Result};
 use crate::fsutil::write_atomic;
 use crate::passages::{read_passages, write_passages, Chunker, Passage, WordPieceCounter};
+use crate::prior::PassagePrior;
 use crate::retriever::{dot, top_rows, DenseEncoder};
 
 /// File and directory names inside a QA index directory.
@@ -350,21 +351,52 @@ impl QaIndex {
         self.bm25.search(question, k)
     }
 
-    /// BM25 scores of passages `ids` for `question`: exact for the passages in BM25's top
-    /// [`FUSION_DEPTH`] (or `ids.len()`); for the others the lowest score of a full list (an
-    /// upper bound), or 0 when the list is shorter (BM25 matched nothing else).
-    pub fn bm25_scores(&self, question: &str, ids: &[usize]) -> Result<Vec<f32>> {
-        let depth = ids.len().max(FUSION_DEPTH);
+    /// BM25 scores of `question`'s top `depth` passages, and the score taken for the others:
+    /// the lowest of a full list (an upper bound), or 0 when the list is shorter (BM25 matched
+    /// nothing else).
+    fn bm25_table(&self, question: &str, depth: usize) -> Result<(HashMap<usize, f32>, f32)> {
         let hits = self.bm25(question, depth)?;
         let floor = match hits.last() {
             Some(h) if hits.len() == depth => h.1,
             _ => 0.0,
         };
-        let scores: HashMap<usize, f32> = hits.into_iter().collect();
+        Ok((hits.into_iter().collect(), floor))
+    }
+
+    /// BM25 scores of passages `ids` for `question`: exact for the passages in BM25's top
+    /// [`FUSION_DEPTH`] (or `ids.len()`), else as [`bm25_table`](Self::bm25_table) takes them.
+    pub fn bm25_scores(&self, question: &str, ids: &[usize]) -> Result<Vec<f32>> {
+        let (scores, floor) = self.bm25_table(question, ids.len().max(FUSION_DEPTH))?;
         Ok(ids
             .iter()
             .map(|i| scores.get(i).copied().unwrap_or(floor))
             .collect())
+    }
+
+    /// The union of the BM25 and dense top [`FUSION_DEPTH`] (or `k`), ranked by `prior`'s
+    /// logit `dense · q·d + bm25 · BM25`: the `k` passages with the highest `p(z|x)` among
+    /// them, each with its dense inner product. Ties go to the smaller id.
+    pub fn weighted(
+        &self,
+        question: &str,
+        query: &[f32],
+        k: usize,
+        prior: &PassagePrior,
+    ) -> Result<Vec<(usize, f32)>> {
+        let depth = k.max(FUSION_DEPTH);
+        let (mut bm25, floor) = self.bm25_table(question, depth)?;
+        for (i, _) in self.dense(query, depth)? {
+            bm25.entry(i).or_insert(floor);
+        }
+        let mut pool: Vec<(usize, f32, f64)> = bm25
+            .into_iter()
+            .map(|(i, b)| {
+                let d = self.score(query, i);
+                (i, d, prior.logit(d, b))
+            })
+            .collect();
+        pool.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
+        Ok(pool.into_iter().take(k).map(|(i, d, _)| (i, d)).collect())
     }
 
     /// Reciprocal-rank fusion of the BM25 and dense rankings, each [`FUSION_DEPTH`] deep (or

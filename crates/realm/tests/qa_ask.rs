@@ -124,12 +124,17 @@ fn index_is_reused_refused_for_another_encoder_and_retrieves_the_obvious_passage
         ),
         ("How do plants make sugar from light?", "Photosynthesis"),
     ] {
-        for kind in [RetrieverKind::Dense, RetrieverKind::Hybrid] {
-            let r = retrieve(&index, &enc, question, 3, kind).unwrap();
+        let prior = PassagePrior::default();
+        for kind in [
+            RetrieverKind::Dense,
+            RetrieverKind::Hybrid,
+            RetrieverKind::Weighted,
+        ] {
+            let r = retrieve(&index, &enc, &prior, question, 3, kind).unwrap();
             let top = &index.passages()[r.hits[0].0];
             assert_eq!(top.title, title, "{kind:?}: {question}");
             // Dense hits come by inner product; hybrid ones by fused rank (scores stay q·d).
-            if kind == RetrieverKind::Dense {
+            if kind != RetrieverKind::Hybrid {
                 assert!(r.hits.windows(2).all(|w| w[0].1 >= w[1].1));
             }
             let distinct: std::collections::HashSet<usize> = r.hits.iter().map(|h| h.0).collect();
@@ -145,6 +150,28 @@ fn index_is_reused_refused_for_another_encoder_and_retrieves_the_obvious_passage
             }
         }
     }
+
+    // The weighted retriever ranks by the prior's logit: the dense order with REALM's prior,
+    // BM25's with BM25 alone.
+    let question = "Who wrote the Brandenburg Concertos?";
+    let ids = |hits: Vec<(usize, f32)>| hits.into_iter().map(|h| h.0).collect::<Vec<_>>();
+    let query = enc.encode_questions(&[question]).unwrap();
+    let dense = ids(index.dense(&query, 4).unwrap());
+    let realm = PassagePrior::default();
+    assert_eq!(
+        ids(index.weighted(question, &query, 4, &realm).unwrap()),
+        dense
+    );
+    let lexical = PassagePrior {
+        dense: 0.0,
+        bm25: 1.0,
+    };
+    // (BM25 matches only some passages; the others follow, tied at 0.)
+    let bm25 = ids(index.bm25(question, 4).unwrap());
+    assert!(!bm25.is_empty());
+    let weighted = ids(index.weighted(question, &query, 4, &lexical).unwrap());
+    assert_eq!(weighted.len(), 4);
+    assert_eq!(weighted[..bm25.len()], bm25[..]);
 
     // A changed corpus is rebuilt.
     let wiki2 = write_corpus(tmp.path(), &CORPUS[..3]);

@@ -86,7 +86,7 @@ pub fn document() -> Value {
             ("index", string()),
             (
                 "retriever",
-                json!({"type": "string", "enum": ["dense", "bm25", "hybrid"]}),
+                json!({"type": "string", "enum": ["dense", "bm25", "hybrid", "weighted"]}),
             ),
         ],
     );
@@ -97,7 +97,7 @@ pub fn document() -> Value {
             ("index", string()),
             (
                 "retriever",
-                json!({"type": "string", "enum": ["dense", "bm25", "hybrid"]}),
+                json!({"type": "string", "enum": ["dense", "bm25", "hybrid", "weighted"]}),
             ),
         ],
     );

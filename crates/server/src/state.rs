@@ -15,7 +15,7 @@ use ralm_models::bert::Pooling;
 use ralm_models::bpe::LmTokenizer;
 use ralm_models::llama::{resolve_model_path, LlamaModel, WeightMode};
 use ralm_models::marian::{Precision, Translator};
-use ralm_realm::ask::{QaSystem, RetrieverKind};
+use ralm_realm::ask::{search, QaSystem, RetrieverKind};
 use ralm_realm::generative::GenerativeReader;
 use ralm_realm::prior::PassagePrior;
 use ralm_realm::qa_index::QaIndex;
@@ -241,15 +241,7 @@ fn retrieve_batch(
                 .next()
                 .ok_or_else(|| ApiError::internal("encoder returned too few vectors"))?;
             let index = &sys.index;
-            let hits = match job.kind {
-                RetrieverKind::Dense => index.dense(query, job.k)?,
-                RetrieverKind::Hybrid => index.hybrid(&q.text, query, job.k)?,
-                RetrieverKind::Bm25 => index
-                    .bm25(&q.text, job.k)?
-                    .into_iter()
-                    .map(|(i, _)| (i, index.score(query, i)))
-                    .collect(),
-            };
+            let hits = search(index, job.kind, &q.text, query, job.k, &sys.prior)?;
             let passages = index.passages();
             Ok(RetrieveResponse {
                 index: name.to_string(),
