@@ -108,7 +108,7 @@ impl GenerativeReader {
         self.template
     }
 
-    /// The prompt text for `question` over `passage`, after the worked [`EXAMPLES`].
+    /// The prompt text for `question` over `passage`, after the worked examples.
     pub fn prompt(&self, question: &str, passage: &Passage) -> String {
         let context = format!("{}: {}", passage.title, passage.text);
         let turn = |context: &str, question: &str| {

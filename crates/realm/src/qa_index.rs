@@ -364,7 +364,7 @@ impl QaIndex {
     }
 
     /// BM25 scores of passages `ids` for `question`: exact for the passages in BM25's top
-    /// [`FUSION_DEPTH`] (or `ids.len()`), else as [`bm25_table`](Self::bm25_table) takes them.
+    /// [`FUSION_DEPTH`] (or `ids.len()`), else as `bm25_table` takes them.
     pub fn bm25_scores(&self, question: &str, ids: &[usize]) -> Result<Vec<f32>> {
         let (scores, floor) = self.bm25_table(question, ids.len().max(FUSION_DEPTH))?;
         Ok(ids

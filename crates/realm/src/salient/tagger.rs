@@ -120,7 +120,7 @@ impl EntityTagger {
     }
 
     /// Writes the tagger as an HF BERT directory plus `classifier.*` and `tagger.json`,
-    /// replacing `dir` as a whole (see [`replace_dir`]).
+    /// replacing `dir` as a whole (see `fsutil::replace_dir`).
     pub fn save(&self, dir: &Path) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(&self.config)
             .map_err(|e| RealmError::Invalid(format!("tagger settings: {e}")))?;

@@ -162,7 +162,7 @@ impl AdamW {
         Ok(out)
     }
 
-    /// Writes [`state`](Self::state) to the safetensors file `path`.
+    /// Writes the optimizer state to the safetensors file `path`.
     pub fn save_file(&self, path: &std::path::Path) -> Result<()> {
         Ok(ralm_models::weights::save_safetensors(
             path,
