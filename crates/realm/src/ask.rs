@@ -11,7 +11,7 @@ use crate::error::{RealmError, Result};
 use crate::generative::GenerativeReader;
 use crate::metrics::normalize_answer;
 use crate::passages::Passage;
-use crate::prior::{softmax, PassagePrior};
+use crate::prior::PassagePrior;
 use crate::qa_index::QaIndex;
 use crate::reader::ExtractiveReader;
 use crate::retriever::DenseEncoder;
@@ -46,11 +46,6 @@ impl FromStr for RetrieverKind {
             )),
         }
     }
-}
-
-/// `softmax(scale · scores)` as f64.
-pub fn passage_posterior(scores: &[f32], scale: f64) -> Vec<f64> {
-    softmax(&scores.iter().map(|&s| s as f64 * scale).collect::<Vec<_>>())
 }
 
 /// Candidate answers grouped by their normalised form; each group is represented by the
@@ -370,14 +365,5 @@ mod tests {
             .map(String::from)
             .to_vec();
         assert_eq!(group_answers(&answers), vec!["The Eiffel Tower", "Paris"]);
-    }
-
-    #[test]
-    fn posterior_is_a_scaled_softmax() {
-        let p = passage_posterior(&[0.5, 0.4, 0.4], 20.0);
-        let e = (-2.0f64).exp();
-        assert!((p[0] - 1.0 / (1.0 + 2.0 * e)).abs() < 1e-6);
-        assert!((p[1] - p[2]).abs() < 1e-15);
-        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
     }
 }

@@ -111,7 +111,7 @@ fn informative(s: &PriorSample) -> bool {
 }
 
 /// Softmax of `logits` in f64.
-pub(crate) fn softmax(logits: &[f64]) -> Vec<f64> {
+fn softmax(logits: &[f64]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let e: Vec<f64> = logits.iter().map(|&l| (l - max).exp()).collect();
     let z: f64 = e.iter().sum();
@@ -135,6 +135,15 @@ mod tests {
         let p = PassagePrior::default().posterior(&[0.5, 0.4], &[30.0, 1.0]);
         let e = (20.0f64 * -0.1).exp();
         assert!((p[0] - 1.0 / (1.0 + e)).abs() < 1e-6, "{p:?}");
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn posterior_is_a_scaled_softmax() {
+        let p = PassagePrior::default().posterior(&[0.5, 0.4, 0.4], &[0.0; 3]);
+        let e = (-2.0f64).exp();
+        assert!((p[0] - 1.0 / (1.0 + 2.0 * e)).abs() < 1e-6);
+        assert!((p[1] - p[2]).abs() < 1e-15);
         assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
     }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use ralm_models::bert::{load_tokenizer, BertConfig, Mode, Pooling};
-use ralm_realm::ask::{passage_posterior, QaSystem, Reader, RetrieverKind};
+use ralm_realm::ask::{QaSystem, Reader, RetrieverKind};
 use ralm_realm::data::{AnswerKind, QaExample};
 use ralm_realm::finetune::loss::marginal_loss;
 use ralm_realm::finetune::query::QueryTower;
@@ -270,7 +270,7 @@ fn loss_equals_brute_force_and_gradients_reach_exactly_the_trained_towers() {
             .to_vec1()
             .unwrap();
         let dots: Vec<f32> = hits.iter().map(|&(i, _)| index.score(&q, i)).collect();
-        let p_z = passage_posterior(&dots, 20.0);
+        let p_z = PassagePrior::default().posterior(&dots, &vec![0.0; dots.len()]);
         let golds: HashSet<String> = ex.answers.iter().map(|a| normalize_answer(a)).collect();
         let mut terms = Vec::new();
         for (&(i, _), pz) in hits.iter().zip(&p_z) {
