@@ -14,8 +14,8 @@ use ralm_models::bert::Pooling;
 use ralm_realm::data::shared_data_dir;
 use ralm_realm::passages::{Passage, MAX_PASSAGE_WORDPIECES};
 use ralm_realm::pretrain::{
-    masked_sentences, read_checkpoint_state, read_examples, warm_up_reader, warm_up_texts,
-    write_examples, MaskedSentence, PretrainConfig, Pretrainer, RealmModels,
+    masked_sentences, read_checkpoint_state, read_examples, warm_up_on_evidence, warm_up_passages,
+    warm_up_reader, write_examples, MaskedSentence, PretrainConfig, Pretrainer, RealmModels,
 };
 use ralm_realm::qa_index::QaIndex;
 use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot, SnapshotStore};
@@ -515,9 +515,20 @@ pub struct PretrainArgs {
     /// the reader never reads the sentences it must fill in (not when resuming).
     #[arg(long, default_value_t = 50)]
     mlm_warmup: usize,
-    /// Peak learning rate of the MLM warm-up (its head starts fresh, so higher than --lr).
+    /// Peak learning rate of the MLM and evidence warm-ups (the head starts fresh, so higher
+    /// than --lr).
     #[arg(long, default_value_t = 1e-4)]
     mlm_lr: f64,
+    /// Evidence warm-up updates (of --batch, after the MLM warm-up): the reader learns to copy a
+    /// masked span from a retrieved passage that holds it, on sentences of the documents that
+    /// gave no training or held-out sentence (tagged with --tagger). The reader with both
+    /// warm-ups is saved to warm-reader/ in --out (not when resuming).
+    #[arg(long, default_value_t = 100)]
+    evidence_warmup: usize,
+    /// The knowledge-augmented encoder starts from this HF BertForMaskedLM directory (a BERT
+    /// with its MLM head, or another run's warm-reader/) instead of --encoder with a fresh head.
+    #[arg(long)]
+    reader: Option<PathBuf>,
     /// Held-out sentences (after the training ones) whose masked wordpieces are predicted at the
     /// start and at every checkpoint, with retrieval and with the null document only.
     #[arg(long, default_value_t = 40)]
@@ -538,8 +549,9 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     let index = QaIndex::open(&a.source.index, &document)
         .with_context(|| format!("opening QA index {}", a.source.index.display()))?;
     let (mut sentences, source) = match &a.examples {
-        Some(file) if a.source.tagger.is_some() => anyhow::bail!(
-            "--tagger is not used with --examples {}: its spans were found when it was written",
+        Some(file) if a.source.tagger.is_some() && a.evidence_warmup == 0 => anyhow::bail!(
+            "--tagger is not used with --examples {} and no evidence warm-up: its spans were \
+             found when it was written",
             file.display()
         ),
         Some(file) => (
@@ -565,7 +577,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         );
     }
     // The reader warms up on the passages of documents that gave no sentence.
-    let warm_up_text = warm_up_texts(index.passages(), &sentences);
+    let warm_up_passages = warm_up_passages(index.passages(), &sentences);
     let mut rng = StdRng::seed_from_u64(a.seed.wrapping_add(1));
     let held_out: Vec<_> = sentences
         .split_off(a.sentences)
@@ -625,7 +637,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     } else {
         let encoder = a.encoder.as_path();
         let models = RealmModels::load(
-            [encoder, encoder, encoder],
+            [a.reader.as_deref().unwrap_or(encoder), encoder, encoder],
             Pooling::Mean,
             MAX_PASSAGE_WORDPIECES,
             a.max_doc_pieces,
@@ -687,17 +699,18 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     };
     if done == 0 {
         if a.mlm_warmup > 0 {
-            if warm_up_text.is_empty() {
+            let texts: Vec<&str> = warm_up_passages.iter().map(|p| p.text.as_str()).collect();
+            if texts.is_empty() {
                 anyhow::bail!(
                     "every document of the index gave a sentence, so none is left for the MLM \
                      warm-up: use a larger index, fewer sentences or --mlm-warmup 0"
                 );
             }
-            let t0 = Instant::now();
             let warming = bar(a.mlm_warmup, "MLM warm-up");
+            let t0 = Instant::now();
             let losses = warm_up_reader(
                 trainer.models(),
-                &warm_up_text,
+                &texts,
                 (a.mlm_warmup, batch, a.mlm_lr),
                 &mut rng,
                 |loss| {
@@ -706,20 +719,42 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
                 },
             )?;
             warming.finish_and_clear();
-            for (i, l) in losses.iter().enumerate() {
-                writeln!(
-                    log,
-                    "{}",
-                    json!({"step": 0, "mlm_warmup_update": i + 1, "mlm_loss": l})
-                )?;
-            }
+            log_warm_up(&mut log, "mlm", &losses, t0)?;
+        }
+        if a.evidence_warmup > 0 {
+            // Sentences of the warm-up documents, a few per update, since about a third have a
+            // passage among their top ones that holds the span.
+            let wanted = a.evidence_warmup * batch * 3;
+            let pool: Vec<Passage> = warm_up_passages.iter().map(|&p| p.clone()).collect();
+            let drawn = sample_examples(
+                &pool,
+                a.source.tagger.as_deref(),
+                wanted,
+                a.seed.wrapping_add(2),
+            )?;
+            let evidence = trainer.evidence(&drawn, batch * 8)?;
             eprintln!(
-                "MLM warm-up: {} updates in {:.0}s, loss {:.2} -> {:.2}",
-                losses.len(),
-                t0.elapsed().as_secs_f64(),
-                losses.first().copied().unwrap_or(f64::NAN),
-                losses.last().copied().unwrap_or(f64::NAN)
+                "evidence warm-up: {} of {} sentences have a passage that holds their span",
+                evidence.len(),
+                drawn.len()
             );
+            let warming = bar(a.evidence_warmup, "evidence warm-up");
+            let t0 = Instant::now();
+            let losses = warm_up_on_evidence(
+                trainer.models(),
+                &evidence,
+                (a.evidence_warmup, batch, a.mlm_lr),
+                |loss| {
+                    warming.set_message(format!("loss {loss:.2}"));
+                    warming.inc(1);
+                },
+            )?;
+            warming.finish_and_clear();
+            log_warm_up(&mut log, "evidence", &losses, t0)?;
+        }
+        if a.mlm_warmup > 0 || a.evidence_warmup > 0 {
+            let warm = a.out.join("warm-reader");
+            trainer.models().save_reader(&warm)?;
         }
         evaluate(&trainer, &mut log)?;
     }
@@ -734,6 +769,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
             "{}",
             json!({"step": s.step, "loss": s.loss,
             "retrieval_utility": s.retrieval_utility, "null_probability": s.null_probability,
+            "span_found": s.span_found,
             "lr": s.lr, "grad_norm": s.grad_norm, "tokens": s.tokens, "elapsed_s": secs,
             "tokens_per_s": tokens as f64 / secs, "snapshot": s.snapshot_version,
             "staleness_steps": s.staleness_steps, "staleness_s": s.staleness_seconds})
@@ -784,6 +820,31 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         tokens as f64 / secs,
         secs / (total - done) as f64,
         checkpoint.display()
+    );
+    Ok(())
+}
+
+/// Writes the losses of a warm-up (`kind` mlm or evidence) to the training log and says how it
+/// went.
+fn log_warm_up(
+    log: &mut std::fs::File,
+    kind: &str,
+    losses: &[f64],
+    started: Instant,
+) -> anyhow::Result<()> {
+    for (i, l) in losses.iter().enumerate() {
+        writeln!(
+            log,
+            "{}",
+            json!({"step": 0, "warmup": kind, "warmup_update": i + 1, "warmup_loss": l})
+        )?;
+    }
+    eprintln!(
+        "{kind} warm-up: {} updates in {:.0}s, loss {:.2} -> {:.2}",
+        losses.len(),
+        started.elapsed().as_secs_f64(),
+        losses.first().copied().unwrap_or(f64::NAN),
+        losses.last().copied().unwrap_or(f64::NAN)
     );
     Ok(())
 }
@@ -849,15 +910,21 @@ fn compare(a: CompareArgs) -> anyhow::Result<()> {
         means(|l| &l.utility),
     )
     .save(&a.out.join("utility.svg"))?;
+    line(SPAN_FOUND_TITLE, "% of sentences", means(|l| &l.span_found))
+        .save(&a.out.join("span-found.svg"))?;
     accuracy_chart(accuracy).save(&a.out.join("accuracy.svg"))?;
     for (name, log) in &runs {
         let mean = |p: &[(f64, f64)]| p.iter().map(|p| p.1).sum::<f64>() / p.len().max(1) as f64;
         let half = log.utility.len() / 2;
+        let found = log.span_found.len() / 2;
         eprintln!(
-            "{name}: {} updates, RU {:+.3} in the first half and {:+.3} in the second, held-out accuracy {}",
+            "{name}: {} updates, RU {:+.3} in the first half and {:+.3} in the second, span \
+             retrieved for {:.1}% and {:.1}% of sentences, held-out accuracy {}",
             log.utility.len(),
             mean(&log.utility[..half]),
             mean(&log.utility[half..]),
+            mean(&log.span_found[..found]),
+            mean(&log.span_found[found..]),
             log.with_retrieval
                 .iter()
                 .zip(&log.null_only)
@@ -876,6 +943,8 @@ struct PretrainLog {
     loss: Vec<(f64, f64)>,
     utility: Vec<(f64, f64)>,
     staleness: Vec<(f64, f64)>,
+    /// Share (%) of each update's sentences with a retrieved document that holds the span.
+    span_found: Vec<(f64, f64)>,
     /// Held-out accuracy (%) with retrieval and with the null document only.
     with_retrieval: Vec<(f64, f64)>,
     null_only: Vec<(f64, f64)>,
@@ -900,6 +969,9 @@ impl PretrainLog {
             if let Some(st) = v["staleness_steps"].as_f64() {
                 log.staleness.push((step, st));
             }
+            if let Some(f) = v["span_found"].as_f64() {
+                log.span_found.push((step, 100.0 * f));
+            }
             if let (Some(r), Some(n)) = (
                 v["eval_accuracy"].as_f64(),
                 v["eval_null_accuracy"].as_f64(),
@@ -911,6 +983,9 @@ impl PretrainLog {
         Ok(log)
     }
 }
+
+/// Title of the charts of how often the retrieved documents hold the masked span.
+const SPAN_FOUND_TITLE: &str = "Sentences whose retrieved documents hold the masked span";
 
 /// The chart of held-out accuracy, one line per series.
 fn accuracy_chart(series: Vec<Series>) -> Chart {
@@ -930,6 +1005,7 @@ fn plot_pretraining(out: &std::path::Path) -> anyhow::Result<()> {
         loss: losses,
         utility,
         staleness,
+        span_found,
         with_retrieval,
         null_only,
     } = PretrainLog::read(out)?;
@@ -951,6 +1027,11 @@ fn plot_pretraining(out: &std::path::Path) -> anyhow::Result<()> {
     let mut ru = loss_curve("Retrieval utility of the top document", utility, 10);
     ru.y_label = "log p(y|z,x) − log p(y|∅,x)".into();
     ru.save(&out.join("utility.svg"))?;
+    if !span_found.is_empty() {
+        let mut found = loss_curve(SPAN_FOUND_TITLE, span_found, 10);
+        found.y_label = "% of sentences".into();
+        found.save(&out.join("span-found.svg"))?;
+    }
     Chart {
         title: "Index staleness: updates since the snapshot's document tower".into(),
         x_label: "update".into(),

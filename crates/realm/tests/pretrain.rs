@@ -8,8 +8,8 @@ use ralm_models::bert::{load_tokenizer, BertForMaskedLM, Mode, Pooling};
 use ralm_realm::finetune::query::QueryTower;
 use ralm_realm::passages::Passage;
 use ralm_realm::pretrain::{
-    exclude_document, mask_sentence, warm_up_reader, Example, MaskedSentence, PretrainConfig,
-    Pretrainer, RealmModels, Specials,
+    exclude_document, mask_sentence, warm_up_on_evidence, warm_up_reader, Example, MaskedSentence,
+    PretrainConfig, Pretrainer, RealmModels, Specials,
 };
 use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot, SnapshotStore};
 use ralm_realm::retriever::{passage_text, DenseEncoder};
@@ -565,50 +565,116 @@ fn held_out_accuracy_counts_masked_wordpieces_and_rises_as_the_reader_learns() {
     );
 }
 
-#[test]
-fn mlm_warm_up_trains_the_reader_alone() {
-    let tmp = tempfile::tempdir().unwrap();
-    let m = models(tmp.path());
-    let tensors = |v: &candle_nn::VarMap| -> Vec<Vec<f32>> {
-        let vars = v.data().lock().unwrap();
-        let mut names: Vec<&String> = vars.keys().collect();
-        names.sort();
-        names
-            .iter()
-            .map(|n| {
-                vars[*n]
-                    .as_tensor()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap()
-            })
-            .collect()
-    };
+/// Every variable's values, by name.
+fn tensors(v: &candle_nn::VarMap) -> Vec<Vec<f32>> {
+    let vars = v.data().lock().unwrap();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    names
+        .iter()
+        .map(|n| {
+            vars[*n]
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Runs `warm_up` (which returns its losses and must report each to its callback) on `m` and
+/// checks that its loss halves, that it changes the reader and leaves both towers alone.
+fn check_reader_warm_up(
+    m: &RealmModels,
+    steps: usize,
+    warm_up: impl FnOnce(&RealmModels, &mut dyn FnMut(f64)) -> Vec<f64>,
+) {
     let (input, docs, reader) = (
         tensors(m.input.body().varmap()),
         tensors(m.docs.body().varmap()),
         tensors(m.reader.varmap()),
     );
+    let mut seen = Vec::new();
+    let losses = warm_up(m, &mut |l| seen.push(l));
+    assert_eq!(losses.len(), steps);
+    assert_eq!(seen, losses);
+    let first: f64 = losses[..10].iter().sum::<f64>() / 10.0;
+    let last: f64 = losses[steps - 10..].iter().sum::<f64>() / 10.0;
+    assert!(last < 0.5 * first, "loss {first:.3} -> {last:.3}");
+    let unchanged = |now: Vec<Vec<f32>>, before: &Vec<Vec<f32>>, what: &str| {
+        assert_eq!(&now, before, "{what} changed");
+    };
+    unchanged(tensors(m.input.body().varmap()), &input, "input tower");
+    unchanged(tensors(m.docs.body().varmap()), &docs, "document tower");
+    assert_ne!(tensors(m.reader.varmap()), reader, "reader unchanged");
+}
+
+#[test]
+fn mlm_warm_up_trains_the_reader_alone() {
+    let tmp = tempfile::tempdir().unwrap();
     let first_text = sentence().text;
     let texts = [first_text.as_str(), "berlin is the capital of germany."];
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let mut seen = Vec::new();
-    let losses = warm_up_reader(&m, &texts, (200, 2, 1e-2), &mut rng, |l| seen.push(l)).unwrap();
-    assert_eq!(losses.len(), 200);
-    assert_eq!(seen, losses);
-    let first: f64 = losses[..10].iter().sum::<f64>() / 10.0;
-    let last: f64 = losses[190..].iter().sum::<f64>() / 10.0;
-    assert!(last < 0.5 * first, "MLM loss {first:.3} -> {last:.3}");
-    assert_eq!(
-        tensors(m.input.body().varmap()),
-        input,
-        "input tower changed"
-    );
-    assert_eq!(
-        tensors(m.docs.body().varmap()),
-        docs,
-        "document tower changed"
-    );
-    assert_ne!(tensors(m.reader.varmap()), reader, "reader unchanged");
+    check_reader_warm_up(&models(tmp.path()), 200, |m, progress| {
+        warm_up_reader(m, &texts, (200, 2, 1e-2), &mut rng, progress).unwrap()
+    });
+}
+
+#[test]
+fn evidence_is_a_retrieved_passage_of_another_document_that_the_reader_sees_the_span_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut passages, _) = capitals(3);
+    passages.push(passage(
+        "wiki:europe:0",
+        "Europe",
+        "paris is a big city in europe.",
+    ));
+    // "paris" again, but past the reader's 20 wordpieces of a document.
+    passages.push(passage(
+        "wiki:cities:0",
+        "Cities",
+        "rome , berlin , rome , berlin , rome , berlin , rome , berlin , rome , berlin paris",
+    ));
+    let dim = 16;
+    let vectors: Vec<f32> = (0..passages.len() * dim).map(|i| (i % 7) as f32).collect();
+    let slot = Arc::new(SnapshotSlot::new(snapshot(0, 0, &vectors, dim)));
+    let mut config = tiny_config(1e-3, 1e-3, 0, 10);
+    config.k = 4;
+    let mut trainer = Pretrainer::new(&passages, slot, models(tmp.path()), config).unwrap();
+    let rome = MaskedSentence {
+        text: "rome is the capital of italy.".into(),
+        span: (0, 4),
+        document: "italy".into(),
+    };
+    let mut paris = sentence();
+    paris.document = "france".into();
+    let tokenizer = trainer.models().docs.body().tokenizer().clone();
+    let m = trainer.models();
+    let x = |s: &MaskedSentence| mask_sentence(&tokenizer, s, 32, m.specials.mask).unwrap();
+    let holds = |s: &MaskedSentence, p: usize| m.holds_span(&x(s), &passages[p]).unwrap();
+    assert!(holds(&paris, 0) && holds(&paris, 3) && !holds(&paris, 1));
+    assert!(!holds(&paris, 4), "past max_doc_pieces");
+    assert!(holds(&rome, 4), "within max_doc_pieces");
+
+    // "paris" of document france: its own passage is excluded, Europe's holds it. "rome" of
+    // document italy: only Cities holds it. A span no other passage holds gives no evidence.
+    let mut nowhere = paris.clone();
+    nowhere.text = "paris is the capital of france in europe.".into();
+    nowhere.span = (24, 30);
+    let found = trainer
+        .evidence(&[paris.clone(), nowhere.clone(), rome.clone()], 2)
+        .unwrap();
+    let ids: Vec<&str> = found.iter().map(|e| e.docs[0].id.as_str()).collect();
+    assert_eq!(ids, ["wiki:europe:0", "wiki:cities:0"]);
+    assert_eq!(found[1].x.targets, x(&rome).targets);
+
+    // With k = 4 every other passage is retrieved: the step counts "paris" (Europe) as found,
+    // the span of `nowhere` not.
+    let step = trainer.step(&[paris, nowhere]).unwrap();
+    assert_eq!(step.span_found, 0.5);
+
+    check_reader_warm_up(trainer.models(), 100, |m, progress| {
+        warm_up_on_evidence(m, &found, (100, 2, 1e-2), progress).unwrap()
+    });
 }

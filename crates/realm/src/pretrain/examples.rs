@@ -110,14 +110,16 @@ pub fn read_examples(path: &Path) -> Result<Vec<MaskedSentence>> {
     Ok(out)
 }
 
-/// Texts of the passages whose document gave none of `examples`: the reader's MLM warm-up text,
-/// so that it never reads the sentences it will have to fill in from retrieved documents.
-pub fn warm_up_texts<'p>(passages: &'p [Passage], examples: &[MaskedSentence]) -> Vec<&'p str> {
+/// The passages whose document gave none of `examples`: the reader's warm-up text, so that it
+/// never reads the sentences it will have to fill in from retrieved documents.
+pub fn warm_up_passages<'p>(
+    passages: &'p [Passage],
+    examples: &[MaskedSentence],
+) -> Vec<&'p Passage> {
     let used: HashSet<&str> = examples.iter().map(|e| e.document.as_str()).collect();
     passages
         .iter()
         .filter(|p| !used.contains(document_of(&p.id)))
-        .map(|p| p.text.as_str())
         .collect()
 }
 
@@ -204,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn warm_up_text_leaves_out_every_document_that_gave_an_example() {
+    fn warm_up_passages_leave_out_every_document_that_gave_an_example() {
         let passage = |id: &str, text: &str| Passage {
             id: id.into(),
             title: String::new(),
@@ -221,9 +223,10 @@ mod tests {
             span: (0, 1),
             document: "art-1".into(),
         };
-        assert_eq!(
-            warm_up_texts(&passages, &[example]),
-            ["article two", "the rhine"]
-        );
+        let texts: Vec<&str> = warm_up_passages(&passages, &[example])
+            .iter()
+            .map(|p| p.text.as_str())
+            .collect();
+        assert_eq!(texts, ["article two", "the rhine"]);
     }
 }

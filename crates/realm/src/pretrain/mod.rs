@@ -27,7 +27,8 @@ use crate::retriever::passage_text;
 mod examples;
 
 pub use examples::{
-    masked_sentences, read_examples, split_sentences, warm_up_texts, write_examples, MaskedSentence,
+    masked_sentences, read_examples, split_sentences, warm_up_passages, write_examples,
+    MaskedSentence,
 };
 
 /// A masked sentence tokenized: wordpieces with the span's pieces replaced by `[MASK]`, and
@@ -176,6 +177,11 @@ impl RealmModels {
         })
     }
 
+    /// Writes the reader to `dir` (replaced whole) as an HF `BertForMaskedLM` directory.
+    pub fn save_reader(&self, dir: &Path) -> Result<()> {
+        replace_dir(dir, |tmp| Ok(self.reader.save(tmp)?))
+    }
+
     /// Wordpieces the document tower reads of a document (its tokenizer's truncation).
     fn doc_max_len(&self) -> usize {
         self.docs
@@ -196,6 +202,32 @@ impl RealmModels {
         query.extend(&x.ids);
         query.push(self.specials.sep);
         query
+    }
+
+    /// `[CLS] x [SEP] z [SEP]` with token types 0 then 1: the reader's input for `query`
+    /// (`[CLS] x [SEP]`) and the wordpieces `z` of a document, cut to `max_doc_pieces`.
+    fn reader_row(&self, query: &[u32], z: &[u32]) -> (Vec<u32>, Vec<u32>) {
+        let z = &z[..z.len().min(self.max_doc_pieces)];
+        let mut ids = query.to_vec();
+        ids.extend(z);
+        ids.push(self.specials.sep);
+        let mut types = vec![0u32; query.len()];
+        types.resize(ids.len(), 1);
+        (ids, types)
+    }
+
+    /// Whether the reader, reading `passage`, sees the masked wordpieces of `x` in it: their
+    /// original ids, in order, within the passage's first `max_doc_pieces` wordpieces.
+    pub fn holds_span(&self, x: &MaskedTokens, passage: &Passage) -> Result<bool> {
+        let enc = self
+            .docs
+            .body()
+            .tokenizer()
+            .encode(passage_text(passage), false)
+            .map_err(|e| RealmError::Tokenizer(e.to_string()))?;
+        let ids = enc.get_ids();
+        let seen = &ids[..ids.len().min(self.max_doc_pieces)];
+        Ok(!x.targets.is_empty() && seen.windows(x.targets.len()).any(|w| w == x.targets))
     }
 
     /// The input tower's unit vectors `[n, dim]` of `queries` (ids), in one forward pass.
@@ -258,16 +290,7 @@ impl RealmModels {
         let rows: Vec<(Vec<u32>, Vec<u32>)> = doc_enc
             .iter()
             .zip(&owner)
-            .map(|(e, &i)| {
-                let inner = &e.get_ids()[1..e.len() - 1];
-                let z = &inner[..inner.len().min(self.max_doc_pieces)];
-                let mut ids = queries[i].clone();
-                ids.extend(z);
-                ids.push(sp.sep);
-                let mut types = vec![0u32; queries[i].len()];
-                types.resize(ids.len(), 1);
-                (ids, types)
-            })
+            .map(|(e, &i)| self.reader_row(&queries[i], &e.get_ids()[1..e.len() - 1]))
             .collect();
         let masked: Vec<usize> = owner
             .iter()
@@ -499,6 +522,9 @@ pub struct PretrainStep {
     pub retrieval_utility: f64,
     /// Mean `p(∅|x)`.
     pub null_probability: f64,
+    /// Share of the batch's sentences with a retrieved document that
+    /// [holds the span](RealmModels::holds_span).
+    pub span_found: f64,
     pub lr: f64,
     pub grad_norm: f64,
     /// Wordpieces run through the three models.
@@ -525,6 +551,10 @@ pub struct Pretrainer<'a> {
 /// Extra candidates asked of the index so that `k` remain after dropping the sentence's own
 /// document (a SQuAD article has up to about 50 paragraphs).
 const EXCLUSION_MARGIN: usize = 64;
+
+/// Passages (after the exclusion) [`Pretrainer::evidence`] looks through for one that holds a
+/// sentence's span.
+pub const EVIDENCE_DEPTH: usize = 16;
 
 impl<'a> Pretrainer<'a> {
     /// A trainer over `passages`, retrieving from `slot` (whose snapshots cover `passages`).
@@ -586,6 +616,22 @@ impl<'a> Pretrainer<'a> {
         snapshot: &DocSnapshot,
         batch: &[MaskedSentence],
     ) -> Result<Vec<Example<'a>>> {
+        let k = self.config.k;
+        Ok(self
+            .ranked(snapshot, batch, k)?
+            .into_iter()
+            .map(|(x, docs)| Example { x, docs })
+            .collect())
+    }
+
+    /// The sentences masked, each with its first `depth` passages from `snapshot` by the input
+    /// tower (inference mode, one forward pass), passages of its own document excluded.
+    fn ranked(
+        &self,
+        snapshot: &DocSnapshot,
+        batch: &[MaskedSentence],
+        depth: usize,
+    ) -> Result<Vec<(MaskedTokens, Vec<&'a Passage>)>> {
         let m = &self.models;
         let masked = batch
             .iter()
@@ -609,17 +655,38 @@ impl<'a> Pretrainer<'a> {
             .zip(&q)
             .map(|((x, s), q)| {
                 let ranked: Vec<usize> = snapshot
-                    .search(q, self.config.k + EXCLUSION_MARGIN)?
+                    .search(q, depth + EXCLUSION_MARGIN)?
                     .into_iter()
                     .map(|(i, _)| i)
                     .collect();
-                let ids = exclude_document(&ranked, passages, &s.document, self.config.k);
-                Ok(Example {
-                    x,
-                    docs: ids.iter().map(|&i| &passages[i]).collect(),
-                })
+                let ids = exclude_document(&ranked, passages, &s.document, depth);
+                Ok((x, ids.iter().map(|&i| &passages[i]).collect()))
             })
             .collect()
+    }
+
+    /// Evidence for the reader's copy warm-up ([`warm_up_on_evidence`]): each sentence that has
+    /// one, masked, with the first of its top [`EVIDENCE_DEPTH`] passages (own document
+    /// excluded, as in training) that [holds its span](RealmModels::holds_span). Searches the
+    /// current snapshot `batch` sentences at a time.
+    pub fn evidence(&self, sentences: &[MaskedSentence], batch: usize) -> Result<Vec<Example<'a>>> {
+        let snapshot = self.slot.current();
+        let mut out = Vec::new();
+        for chunk in sentences.chunks(batch.max(1)) {
+            for (x, docs) in self.ranked(&snapshot, chunk, EVIDENCE_DEPTH)? {
+                let mut found = None;
+                for p in docs {
+                    if self.models.holds_span(&x, p)? {
+                        found = Some(p);
+                        break;
+                    }
+                }
+                if let Some(p) = found {
+                    out.push(Example { x, docs: vec![p] });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// One update on `batch`: the mean of the sentences' losses.
@@ -630,6 +697,15 @@ impl<'a> Pretrainer<'a> {
         // One snapshot for the whole batch, however often the refresher swaps meanwhile.
         let snapshot = self.slot.current();
         let examples = self.prepare(&snapshot, batch)?;
+        let mut found = 0;
+        for e in &examples {
+            for p in &e.docs {
+                if self.models.holds_span(&e.x, p)? {
+                    found += 1;
+                    break;
+                }
+            }
+        }
         let (out, tokens) = self.models.sentence_losses(&examples)?;
         let n = batch.len() as f64;
         let ru: f64 = out
@@ -652,6 +728,7 @@ impl<'a> Pretrainer<'a> {
             loss: loss.to_scalar::<f32>()? as f64,
             retrieval_utility: ru / n,
             null_probability: null_p / n,
+            span_found: found as f64 / n,
             lr,
             grad_norm,
             tokens,
@@ -798,7 +875,7 @@ const WARMUP_MASK_RATE: f64 = 0.15;
 pub const WARMUP_WORDPIECES: usize = 128;
 
 /// Warms the fresh MLM head (and the reader's body) up with plain masked-language modelling on
-/// `texts` (for example [`warm_up_texts`]) before pre-training: `[CLS] x [SEP]`, `x` a text's
+/// `texts` (for example the texts of [`warm_up_passages`]) before pre-training: `[CLS] x [SEP]`, `x` a text's
 /// first [`WARMUP_WORDPIECES`] wordpieces with 15 % of them (at least one) masked at random, no
 /// document, `steps` AdamW updates of `batch` texts at learning rate `lr` (linear decay). The
 /// towers are untouched. Returns the loss of every update, which `progress` also gets as it
@@ -808,24 +885,20 @@ pub fn warm_up_reader(
     texts: &[&str],
     (steps, batch, lr): (usize, usize, f64),
     rng: &mut impl rand::Rng,
-    mut progress: impl FnMut(f64),
+    progress: impl FnMut(f64),
 ) -> Result<Vec<f64>> {
     if texts.is_empty() || batch == 0 {
         return Err(RealmError::Invalid("the MLM warm-up needs texts".into()));
     }
-    let mut optimizer = AdamW::new(
-        &[("reader.", models.reader.varmap(), 1.0)],
-        AdamWConfig::default(),
-    )?;
     let tokenizer = models.docs.body().tokenizer();
     let sp = models.specials;
-    let device = models.reader.bert().word_embeddings().device().clone();
-    let mut losses = Vec::with_capacity(steps);
-    for step in 0..steps {
+    let mut at = 0;
+    reader_updates(models, (steps, lr), progress, || {
         let mut rows = Vec::with_capacity(batch);
         let (mut positions, mut targets) = (Vec::new(), Vec::new());
         for i in 0..batch {
-            let text = texts[(step * batch + i) % texts.len()];
+            let text = texts[at % texts.len()];
+            at += 1;
             let enc = tokenizer
                 .encode(text, false)
                 .map_err(|e| RealmError::Tokenizer(e.to_string()))?;
@@ -845,33 +918,104 @@ pub fn warm_up_reader(
                 ids[p] = sp.mask;
                 positions.push((i, p));
             }
-            rows.push(ids);
+            let types = vec![0; ids.len()];
+            rows.push((ids, types));
         }
-        let types: Vec<Vec<u32>> = rows.iter().map(|ids| vec![0; ids.len()]).collect();
-        let refs: Vec<(&[u32], &[u32])> = rows
-            .iter()
-            .zip(&types)
-            .map(|(ids, t)| (ids.as_slice(), t.as_slice()))
-            .collect();
-        let b = pad_rows(&refs, sp.pad, &device)?;
-        let t = b.ids.dim(1)?;
-        // Flat positions in the padded batch, in the order the targets were drawn.
-        let flat: Vec<u32> = positions
-            .iter()
-            .map(|&(row, p)| (row * t + p) as u32)
-            .collect();
-        if flat.is_empty() {
+        Ok(ReaderBatch {
+            rows,
+            positions,
+            targets,
+        })
+    })
+}
+
+/// Teaches the reader to read its document before pre-training: `steps` AdamW updates (learning
+/// rate `lr`, linear decay) of `batch` of `evidence` (cycled; each a masked sentence with one
+/// passage that holds its span, from [`Pretrainer::evidence`]) on `[CLS] x [SEP] z [SEP]`, the
+/// loss the cross-entropy of the masked wordpieces. Without it the reader, whose MLM head starts
+/// fresh, learns to fill spans from its own weights faster than to copy them from `z`, and
+/// retrieval never pays. The towers are untouched. Returns the loss of every update, which
+/// `progress` also gets.
+pub fn warm_up_on_evidence(
+    models: &RealmModels,
+    evidence: &[Example],
+    (steps, batch, lr): (usize, usize, f64),
+    progress: impl FnMut(f64),
+) -> Result<Vec<f64>> {
+    if evidence.is_empty() || batch == 0 {
+        return Err(RealmError::Invalid(
+            "the evidence warm-up found no sentence with a passage that holds its span".into(),
+        ));
+    }
+    let tokenizer = models.docs.body().tokenizer();
+    let mut at = 0;
+    reader_updates(models, (steps, lr), progress, || {
+        let mut b = ReaderBatch::default();
+        for i in 0..batch {
+            let e = &evidence[at % evidence.len()];
+            at += 1;
+            let z = tokenizer
+                .encode(passage_text(e.docs[0]), false)
+                .map_err(|e| RealmError::Tokenizer(e.to_string()))?;
+            b.rows
+                .push(models.reader_row(&models.query_ids(&e.x), z.get_ids()));
+            b.positions
+                .extend(e.x.positions.iter().map(|&p| (i, 1 + p)));
+            b.targets.extend(&e.x.targets);
+        }
+        Ok(b)
+    })
+}
+
+/// Rows for the reader alone (ids, token types), the `(row, position)` of every masked
+/// wordpiece and its original id.
+#[derive(Default)]
+struct ReaderBatch {
+    rows: Vec<(Vec<u32>, Vec<u32>)>,
+    positions: Vec<(usize, usize)>,
+    targets: Vec<u32>,
+}
+
+/// `steps` AdamW updates of the reader alone (its own optimizer, learning rate `lr` decaying
+/// linearly to 0) on the masked-wordpiece cross-entropy of the batches `next` makes; the loss of
+/// each update goes to `progress` and is returned.
+fn reader_updates(
+    models: &RealmModels,
+    (steps, lr): (usize, f64),
+    mut progress: impl FnMut(f64),
+    mut next: impl FnMut() -> Result<ReaderBatch>,
+) -> Result<Vec<f64>> {
+    let mut optimizer = AdamW::new(
+        &[("reader.", models.reader.varmap(), 1.0)],
+        AdamWConfig::default(),
+    )?;
+    let device = models.device().clone();
+    let mut losses = Vec::with_capacity(steps);
+    for step in 0..steps {
+        let b = next()?;
+        if b.targets.is_empty() {
             continue;
         }
+        let refs: Vec<(&[u32], &[u32])> = b
+            .rows
+            .iter()
+            .map(|(ids, t)| (ids.as_slice(), t.as_slice()))
+            .collect();
+        let padded = pad_rows(&refs, models.specials.pad, &device)?;
+        let t = padded.ids.dim(1)?;
+        // Flat positions in the padded batch, in the order of the targets.
+        let flat: Vec<u32> = (b.positions.iter())
+            .map(|&(row, p)| (row * t + p) as u32)
+            .collect();
         let logits = models.reader.logits_at(
-            &b.ids,
-            &b.type_ids,
-            &b.mask,
+            &padded.ids,
+            &padded.type_ids,
+            &padded.mask,
             &Tensor::new(flat.as_slice(), &device)?,
             Mode::Train,
         )?;
         let loss =
-            BertForMaskedLM::masked_lm_loss(&logits, &Tensor::new(targets.as_slice(), &device)?)?;
+            BertForMaskedLM::masked_lm_loss(&logits, &Tensor::new(b.targets.as_slice(), &device)?)?;
         let grads = loss.backward()?;
         optimizer.step(&grads, linear_schedule(step, 0, steps, lr))?;
         let loss = loss.to_scalar::<f32>()? as f64;
