@@ -15,7 +15,8 @@ use ralm_realm::data::shared_data_dir;
 use ralm_realm::passages::{Passage, MAX_PASSAGE_WORDPIECES};
 use ralm_realm::pretrain::{
     masked_sentences, read_checkpoint_state, read_examples, warm_up_on_evidence, warm_up_passages,
-    warm_up_reader, write_examples, MaskedSentence, PretrainConfig, Pretrainer, RealmModels,
+    warm_up_reader, write_examples, EvidenceSource, MaskedSentence, PretrainConfig, Pretrainer,
+    RealmModels,
 };
 use ralm_realm::qa_index::QaIndex;
 use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot, SnapshotStore};
@@ -519,10 +520,14 @@ pub struct PretrainArgs {
     /// than --lr).
     #[arg(long, default_value_t = 1e-4)]
     mlm_lr: f64,
-    /// Evidence warm-up updates (of --batch, after the MLM warm-up): the reader learns to copy a
-    /// masked span from a retrieved passage that holds it, on sentences of the documents that
-    /// gave no training or held-out sentence (tagged with --tagger). The reader with both
-    /// warm-ups is saved to warm-reader/ in --out (not when resuming).
+    /// Copy warm-up updates (of --batch, after the MLM warm-up): the reader learns to copy a
+    /// masked span from the passage the sentence came from, on sentences of the documents that
+    /// gave no training or held-out sentence (tagged with --tagger).
+    #[arg(long, default_value_t = 100)]
+    copy_warmup: usize,
+    /// Evidence warm-up updates (of --batch, after the copy warm-up): the same, from a retrieved
+    /// passage of another document that holds the span. The reader with all warm-ups is saved
+    /// to warm-reader/ in --out (not when resuming).
     #[arg(long, default_value_t = 100)]
     evidence_warmup: usize,
     /// The knowledge-augmented encoder starts from this HF BertForMaskedLM directory (a BERT
@@ -549,11 +554,13 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     let index = QaIndex::open(&a.source.index, &document)
         .with_context(|| format!("opening QA index {}", a.source.index.display()))?;
     let (mut sentences, source) = match &a.examples {
-        Some(file) if a.source.tagger.is_some() && a.evidence_warmup == 0 => anyhow::bail!(
-            "--tagger is not used with --examples {} and no evidence warm-up: its spans were \
-             found when it was written",
-            file.display()
-        ),
+        Some(file) if a.source.tagger.is_some() && a.copy_warmup + a.evidence_warmup == 0 => {
+            anyhow::bail!(
+                "--tagger is not used with --examples {} and no copy or evidence warm-up: its \
+                 spans were found when it was written",
+                file.display()
+            )
+        }
         Some(file) => (
             read_examples(file)?,
             format!("masked sentences in {}", file.display()),
@@ -721,10 +728,10 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
             warming.finish_and_clear();
             log_warm_up(&mut log, "mlm", &losses, t0)?;
         }
-        if a.evidence_warmup > 0 {
+        if a.copy_warmup + a.evidence_warmup > 0 {
             // Sentences of the warm-up documents, a few per update, since about a third have a
-            // passage among their top ones that holds the span.
-            let wanted = a.evidence_warmup * batch * 3;
+            // passage of another document among their top ones that holds the span.
+            let wanted = a.copy_warmup.max(a.evidence_warmup) * batch * 3;
             let pool: Vec<Passage> = warm_up_passages.iter().map(|&p| p.clone()).collect();
             let drawn = sample_examples(
                 &pool,
@@ -732,27 +739,39 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
                 wanted,
                 a.seed.wrapping_add(2),
             )?;
-            let evidence = trainer.evidence(&drawn, batch * 8)?;
-            eprintln!(
-                "evidence warm-up: {} of {} sentences have a passage that holds their span",
-                evidence.len(),
-                drawn.len()
-            );
-            let warming = bar(a.evidence_warmup, "evidence warm-up");
-            let t0 = Instant::now();
-            let losses = warm_up_on_evidence(
-                trainer.models(),
-                &evidence,
-                (a.evidence_warmup, batch, a.mlm_lr),
-                |loss| {
-                    warming.set_message(format!("loss {loss:.2}"));
-                    warming.inc(1);
-                },
-            )?;
-            warming.finish_and_clear();
-            log_warm_up(&mut log, "evidence", &losses, t0)?;
+            for (kind, steps, source) in [
+                ("copy", a.copy_warmup, EvidenceSource::OwnDocument),
+                (
+                    "evidence",
+                    a.evidence_warmup,
+                    EvidenceSource::OtherDocuments,
+                ),
+            ] {
+                if steps == 0 {
+                    continue;
+                }
+                let evidence = trainer.evidence(&drawn, batch * 8, source)?;
+                eprintln!(
+                    "{kind} warm-up: {} of {} sentences have a passage ({source:?}) that holds their span",
+                    evidence.len(),
+                    drawn.len()
+                );
+                let warming = bar(steps, &format!("{kind} warm-up"));
+                let t0 = Instant::now();
+                let losses = warm_up_on_evidence(
+                    trainer.models(),
+                    &evidence,
+                    (steps, batch, a.mlm_lr),
+                    |loss| {
+                        warming.set_message(format!("loss {loss:.2}"));
+                        warming.inc(1);
+                    },
+                )?;
+                warming.finish_and_clear();
+                log_warm_up(&mut log, kind, &losses, t0)?;
+            }
         }
-        if a.mlm_warmup > 0 || a.evidence_warmup > 0 {
+        if a.mlm_warmup + a.copy_warmup + a.evidence_warmup > 0 {
             let warm = a.out.join("warm-reader");
             trainer.models().save_reader(&warm)?;
         }

@@ -8,8 +8,8 @@ use ralm_models::bert::{load_tokenizer, BertForMaskedLM, Mode, Pooling};
 use ralm_realm::finetune::query::QueryTower;
 use ralm_realm::passages::Passage;
 use ralm_realm::pretrain::{
-    exclude_document, mask_sentence, warm_up_on_evidence, warm_up_reader, Example, MaskedSentence,
-    PretrainConfig, Pretrainer, RealmModels, Specials,
+    exclude_document, mask_sentence, warm_up_on_evidence, warm_up_reader, EvidenceSource, Example,
+    MaskedSentence, PretrainConfig, Pretrainer, RealmModels, Specials,
 };
 use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot, SnapshotStore};
 use ralm_realm::retriever::{passage_text, DenseEncoder};
@@ -622,7 +622,7 @@ fn mlm_warm_up_trains_the_reader_alone() {
 }
 
 #[test]
-fn evidence_is_a_retrieved_passage_of_another_document_that_the_reader_sees_the_span_in() {
+fn evidence_is_a_passage_of_the_chosen_documents_that_the_reader_sees_the_span_in() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut passages, _) = capitals(3);
     passages.push(passage(
@@ -663,11 +663,25 @@ fn evidence_is_a_retrieved_passage_of_another_document_that_the_reader_sees_the_
     nowhere.text = "paris is the capital of france in europe.".into();
     nowhere.span = (24, 30);
     let found = trainer
-        .evidence(&[paris.clone(), nowhere.clone(), rome.clone()], 2)
+        .evidence(
+            &[paris.clone(), nowhere.clone(), rome.clone()],
+            2,
+            EvidenceSource::OtherDocuments,
+        )
         .unwrap();
     let ids: Vec<&str> = found.iter().map(|e| e.docs[0].id.as_str()).collect();
     assert_eq!(ids, ["wiki:europe:0", "wiki:cities:0"]);
     assert_eq!(found[1].x.targets, x(&rome).targets);
+    // From the sentence's own document instead: the passage it came from.
+    let own = trainer
+        .evidence(
+            &[paris.clone(), nowhere.clone(), rome.clone()],
+            3,
+            EvidenceSource::OwnDocument,
+        )
+        .unwrap();
+    let ids: Vec<&str> = own.iter().map(|e| e.docs[0].id.as_str()).collect();
+    assert_eq!(ids, ["wiki:france:0", "wiki:france:0", "wiki:italy:0"]);
 
     // With k = 4 every other passage is retrieved: the step counts "paris" (Europe) as found,
     // the span of `nowhere` not.

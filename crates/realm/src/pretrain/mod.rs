@@ -552,9 +552,19 @@ pub struct Pretrainer<'a> {
 /// document (a SQuAD article has up to about 50 paragraphs).
 const EXCLUSION_MARGIN: usize = 64;
 
-/// Passages (after the exclusion) [`Pretrainer::evidence`] looks through for one that holds a
-/// sentence's span.
+/// Passages (of the chosen [`EvidenceSource`]) [`Pretrainer::evidence`] looks through for one
+/// that holds a sentence's span.
 pub const EVIDENCE_DEPTH: usize = 16;
+
+/// Where [`Pretrainer::evidence`] looks for a passage that holds a sentence's span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvidenceSource {
+    /// The sentence's own document, which holds the sentence itself: copying the span is then
+    /// a matter of finding the same words around it, which the reader learns first.
+    OwnDocument,
+    /// Every other document, as in training (REALM's exclusion of trivial retrieval).
+    OtherDocuments,
+}
 
 impl<'a> Pretrainer<'a> {
     /// A trainer over `passages`, retrieving from `slot` (whose snapshots cover `passages`).
@@ -618,20 +628,26 @@ impl<'a> Pretrainer<'a> {
     ) -> Result<Vec<Example<'a>>> {
         let k = self.config.k;
         Ok(self
-            .ranked(snapshot, batch, k)?
+            .ranked(snapshot, batch, k + EXCLUSION_MARGIN)?
             .into_iter()
-            .map(|(x, docs)| Example { x, docs })
+            .zip(batch)
+            .map(|((x, ranked), s)| Example {
+                x,
+                docs: (exclude_document(&ranked, self.passages, &s.document, k).iter())
+                    .map(|&i| &self.passages[i])
+                    .collect(),
+            })
             .collect())
     }
 
-    /// The sentences masked, each with its first `depth` passages from `snapshot` by the input
-    /// tower (inference mode, one forward pass), passages of its own document excluded.
+    /// The sentences masked, each with the rows of its top `n` passages in `snapshot` by the
+    /// input tower (inference mode, one forward pass).
     fn ranked(
         &self,
         snapshot: &DocSnapshot,
         batch: &[MaskedSentence],
-        depth: usize,
-    ) -> Result<Vec<(MaskedTokens, Vec<&'a Passage>)>> {
+        n: usize,
+    ) -> Result<Vec<(MaskedTokens, Vec<usize>)>> {
         let m = &self.models;
         let masked = batch
             .iter()
@@ -648,34 +664,38 @@ impl<'a> Pretrainer<'a> {
         let q = m
             .embed_queries(&queries, Mode::Inference)?
             .to_vec2::<f32>()?;
-        let passages = self.passages;
         masked
             .into_iter()
-            .zip(batch)
             .zip(&q)
-            .map(|((x, s), q)| {
-                let ranked: Vec<usize> = snapshot
-                    .search(q, depth + EXCLUSION_MARGIN)?
-                    .into_iter()
-                    .map(|(i, _)| i)
-                    .collect();
-                let ids = exclude_document(&ranked, passages, &s.document, depth);
-                Ok((x, ids.iter().map(|&i| &passages[i]).collect()))
+            .map(|(x, q)| {
+                let rows = snapshot.search(q, n)?.into_iter().map(|(i, _)| i);
+                Ok((x, rows.collect()))
             })
             .collect()
     }
 
-    /// Evidence for the reader's copy warm-up ([`warm_up_on_evidence`]): each sentence that has
-    /// one, masked, with the first of its top [`EVIDENCE_DEPTH`] passages (own document
-    /// excluded, as in training) that [holds its span](RealmModels::holds_span). Searches the
-    /// current snapshot `batch` sentences at a time.
-    pub fn evidence(&self, sentences: &[MaskedSentence], batch: usize) -> Result<Vec<Example<'a>>> {
+    /// Evidence for the reader's warm-up ([`warm_up_on_evidence`]): each sentence that has
+    /// one, masked, with the first of its top [`EVIDENCE_DEPTH`] passages from `source` that
+    /// [holds its span](RealmModels::holds_span). Searches the current snapshot `batch`
+    /// sentences at a time.
+    pub fn evidence(
+        &self,
+        sentences: &[MaskedSentence],
+        batch: usize,
+        source: EvidenceSource,
+    ) -> Result<Vec<Example<'a>>> {
         let snapshot = self.slot.current();
+        let own = source == EvidenceSource::OwnDocument;
         let mut out = Vec::new();
         for chunk in sentences.chunks(batch.max(1)) {
-            for (x, docs) in self.ranked(&snapshot, chunk, EVIDENCE_DEPTH)? {
+            let ranked = self.ranked(&snapshot, chunk, EVIDENCE_DEPTH + EXCLUSION_MARGIN)?;
+            for ((x, rows), s) in ranked.into_iter().zip(chunk) {
+                let candidates = (rows.iter())
+                    .map(|&i| &self.passages[i])
+                    .filter(|p| (document_of(&p.id) == s.document) == own)
+                    .take(EVIDENCE_DEPTH);
                 let mut found = None;
-                for p in docs {
+                for p in candidates {
                     if self.models.holds_span(&x, p)? {
                         found = Some(p);
                         break;
