@@ -523,12 +523,12 @@ pub struct PretrainArgs {
     /// Copy warm-up updates (of --batch, after the MLM warm-up): the reader learns to copy a
     /// masked span from the passage the sentence came from, on sentences of the documents that
     /// gave no training or held-out sentence (tagged with --tagger).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 0)]
     copy_warmup: usize,
     /// Evidence warm-up updates (of --batch, after the copy warm-up): the same, from a retrieved
     /// passage of another document that holds the span. The reader with all warm-ups is saved
     /// to warm-reader/ in --out (not when resuming).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 0)]
     evidence_warmup: usize,
     /// The knowledge-augmented encoder starts from this HF BertForMaskedLM directory (a BERT
     /// with its MLM head, or another run's warm-reader/) instead of --encoder with a fresh head.
