@@ -662,26 +662,19 @@ fn evidence_is_a_passage_of_the_chosen_documents_that_the_reader_sees_the_span_i
     let mut nowhere = paris.clone();
     nowhere.text = "paris is the capital of france in europe.".into();
     nowhere.span = (24, 30);
-    let found = trainer
-        .evidence(
-            &[paris.clone(), nowhere.clone(), rome.clone()],
-            2,
-            EvidenceSource::OtherDocuments,
-        )
-        .unwrap();
-    let ids: Vec<&str> = found.iter().map(|e| e.docs[0].id.as_str()).collect();
-    assert_eq!(ids, ["wiki:europe:0", "wiki:cities:0"]);
+    let sentences = [paris.clone(), nowhere.clone(), rome.clone()];
+    let evidence = |batch, source| trainer.evidence(&sentences, batch, source).unwrap();
+    let ids =
+        |found: &[Example]| -> Vec<String> { found.iter().map(|e| e.docs[0].id.clone()).collect() };
+    let found = evidence(2, EvidenceSource::OtherDocuments);
+    assert_eq!(ids(&found), ["wiki:europe:0", "wiki:cities:0"]);
     assert_eq!(found[1].x.targets, x(&rome).targets);
     // From the sentence's own document instead: the passage it came from.
-    let own = trainer
-        .evidence(
-            &[paris.clone(), nowhere.clone(), rome.clone()],
-            3,
-            EvidenceSource::OwnDocument,
-        )
-        .unwrap();
-    let ids: Vec<&str> = own.iter().map(|e| e.docs[0].id.as_str()).collect();
-    assert_eq!(ids, ["wiki:france:0", "wiki:france:0", "wiki:italy:0"]);
+    let own = evidence(3, EvidenceSource::OwnDocument);
+    assert_eq!(
+        ids(&own),
+        ["wiki:france:0", "wiki:france:0", "wiki:italy:0"]
+    );
 
     // With k = 4 every other passage is retrieved: the step counts "paris" (Europe) as found,
     // the span of `nowhere` not.
