@@ -559,8 +559,8 @@ pub const EVIDENCE_DEPTH: usize = 16;
 /// Where [`Pretrainer::evidence`] looks for a passage that holds a sentence's span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EvidenceSource {
-    /// The sentence's own document, which holds the sentence itself: copying the span is then
-    /// a matter of finding the same words around it, which the reader learns first.
+    /// The sentence's own document, which holds the sentence itself: the easiest copy, the
+    /// same words around the span.
     OwnDocument,
     /// Every other document, as in training (REALM's exclusion of trivial retrieval).
     OtherDocuments,
@@ -949,13 +949,13 @@ pub fn warm_up_reader(
     })
 }
 
-/// Teaches the reader to read its document before pre-training: `steps` AdamW updates (learning
-/// rate `lr`, linear decay) of `batch` of `evidence` (cycled; each a masked sentence with one
-/// passage that holds its span, from [`Pretrainer::evidence`]) on `[CLS] x [SEP] z [SEP]`, the
-/// loss the cross-entropy of the masked wordpieces. Without it the reader, whose MLM head starts
-/// fresh, learns to fill spans from its own weights faster than to copy them from `z`, and
-/// retrieval never pays. The towers are untouched. Returns the loss of every update, which
-/// `progress` also gets.
+/// Trains the reader to read its document before pre-training: `steps` AdamW updates
+/// (learning rate `lr`, linear decay) of `batch` of `evidence` (cycled; each a masked sentence
+/// with one passage that holds its span, from [`Pretrainer::evidence`]) on
+/// `[CLS] x [SEP] z [SEP]`, the loss the cross-entropy of the masked wordpieces. Meant to teach
+/// a reader that fills spans from its own weights to copy them from `z`; MiniLM with a fresh
+/// head did not learn that in hundreds of updates (`docs/realm-pretraining.md`). The towers are
+/// untouched. Returns the loss of every update, which `progress` also gets.
 pub fn warm_up_on_evidence(
     models: &RealmModels,
     evidence: &[Example],
