@@ -520,9 +520,10 @@ pub struct PretrainArgs {
     /// than --lr).
     #[arg(long, default_value_t = 1e-4)]
     mlm_lr: f64,
-    /// Copy warm-up updates (of --batch, after the MLM warm-up): the reader learns to copy a
-    /// masked span from the passage the sentence came from, on sentences of the documents that
-    /// gave no training or held-out sentence (tagged with --tagger).
+    /// Copy warm-up updates (of --batch, after the MLM warm-up): the reader is trained to fill a
+    /// masked span given the passage the sentence came from, on sentences of the documents that
+    /// gave no training or held-out sentence (tagged with --tagger). MiniLM with a fresh head
+    /// did not learn to copy this way (docs/realm-pretraining.md).
     #[arg(long, default_value_t = 0)]
     copy_warmup: usize,
     /// Evidence warm-up updates (of --batch, after the copy warm-up): the same, from a retrieved
