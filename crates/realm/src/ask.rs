@@ -12,7 +12,7 @@ use crate::generative::GenerativeReader;
 use crate::metrics::normalize_answer;
 use crate::passages::Passage;
 use crate::prior::PassagePrior;
-use crate::qa_index::QaIndex;
+use crate::qa_index::{Bm25Ranking, QaIndex};
 use crate::reader::ExtractiveReader;
 use crate::retriever::DenseEncoder;
 
@@ -92,7 +92,7 @@ pub struct Evidence {
     pub text: String,
     /// Dense inner product with the question.
     pub score: f32,
-    /// BM25 score ([`QaIndex::bm25_scores`]).
+    /// BM25 score ([`Bm25Ranking::score`]).
     pub bm25: f32,
     /// `p(z|x)`.
     pub prob: f64,
@@ -211,7 +211,7 @@ pub struct QaSystem {
 pub struct Retrieved {
     pub question: String,
     pub hits: Vec<(usize, f32)>,
-    /// The BM25 score of each hit ([`QaIndex::bm25_scores`]).
+    /// The BM25 score of each hit ([`Bm25Ranking::score`]).
     pub bm25: Vec<f32>,
     pub warnings: Vec<String>,
 }
@@ -227,20 +227,40 @@ pub fn search(
     k: usize,
     prior: &PassagePrior,
 ) -> Result<Vec<(usize, f32)>> {
+    match kind {
+        RetrieverKind::Dense => index.dense(query, k),
+        _ => search_ranked(
+            index,
+            kind,
+            &index.bm25_ranking(question, k)?,
+            query,
+            k,
+            prior,
+        ),
+    }
+}
+
+/// [`search`] with `question`'s BM25 ranking already made.
+fn search_ranked(
+    index: &QaIndex,
+    kind: RetrieverKind,
+    bm25: &Bm25Ranking,
+    query: &[f32],
+    k: usize,
+    prior: &PassagePrior,
+) -> Result<Vec<(usize, f32)>> {
     Ok(match kind {
         RetrieverKind::Dense => index.dense(query, k)?,
-        RetrieverKind::Hybrid => index.hybrid(question, query, k)?,
-        RetrieverKind::Weighted => index.weighted(question, query, k, prior)?,
-        RetrieverKind::Bm25 => index
-            .bm25(question, k)?
-            .into_iter()
-            .map(|(i, _)| (i, index.score(query, i)))
+        RetrieverKind::Hybrid => index.hybrid(bm25, query, k)?,
+        RetrieverKind::Weighted => index.weighted(bm25, query, k, prior)?,
+        RetrieverKind::Bm25 => (bm25.hits().iter().take(k))
+            .map(|&(i, _)| (i, index.score(query, i)))
             .collect(),
     })
 }
 
 /// Retrieves the top-`k` passages for `question` with `kind` ([`search`]), with the BM25
-/// score of each.
+/// score of each (one BM25 search serves both).
 pub fn retrieve(
     index: &QaIndex,
     encoder: &DenseEncoder,
@@ -254,9 +274,9 @@ pub fn retrieve(
     }
     let q = encoder.check_question(question)?;
     let query = encoder.encode_questions(&[&q.text])?;
-    let hits = search(index, kind, &q.text, &query, k, prior)?;
-    let ids: Vec<usize> = hits.iter().map(|h| h.0).collect();
-    let bm25 = index.bm25_scores(&q.text, &ids)?;
+    let ranking = index.bm25_ranking(&q.text, k)?;
+    let hits = search_ranked(index, kind, &ranking, &query, k, prior)?;
+    let bm25 = hits.iter().map(|h| ranking.score(h.0)).collect();
     Ok(Retrieved {
         question: q.text,
         hits,

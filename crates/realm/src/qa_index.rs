@@ -4,7 +4,7 @@
 //! Layout: `passages.jsonl`, `vectors.npy` (f16, one row per passage), `dense/` (IndexStore
 //! root with `CURRENT`), `bm25/`, `manifest.json`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use ralm_index::{
@@ -351,68 +351,83 @@ impl QaIndex {
         self.bm25.search(question, k)
     }
 
-    /// BM25 scores of `question`'s top `depth` passages, and the score taken for the others:
-    /// the lowest of a full list (an upper bound), or 0 when the list is shorter (BM25 matched
-    /// nothing else).
-    fn bm25_table(&self, question: &str, depth: usize) -> Result<(HashMap<usize, f32>, f32)> {
+    /// BM25's ranking of `question` deep enough to retrieve `k` passages from, by BM25 or
+    /// fused with the dense ranking: its top `max(k, FUSION_DEPTH)`.
+    pub fn bm25_ranking(&self, question: &str, k: usize) -> Result<Bm25Ranking> {
+        let depth = k.max(FUSION_DEPTH);
         let hits = self.bm25(question, depth)?;
         let floor = match hits.last() {
             Some(h) if hits.len() == depth => h.1,
             _ => 0.0,
         };
-        Ok((hits.into_iter().collect(), floor))
+        Ok(Bm25Ranking {
+            scores: hits.iter().copied().collect(),
+            hits,
+            floor,
+        })
     }
 
-    /// BM25 scores of passages `ids` for `question`: exact for the passages in BM25's top
-    /// [`FUSION_DEPTH`] (or `ids.len()`), else as `bm25_table` takes them.
-    pub fn bm25_scores(&self, question: &str, ids: &[usize]) -> Result<Vec<f32>> {
-        let (scores, floor) = self.bm25_table(question, ids.len().max(FUSION_DEPTH))?;
-        Ok(ids
-            .iter()
-            .map(|i| scores.get(i).copied().unwrap_or(floor))
-            .collect())
-    }
-
-    /// The union of the BM25 and dense top [`FUSION_DEPTH`] (or `k`), ranked by `prior`'s
-    /// logit `dense · q·d + bm25 · BM25`: the `k` passages with the highest `p(z|x)` among
-    /// them, each with its dense inner product. Ties go to the smaller id.
+    /// The union of the BM25 (`bm25`) and dense top [`FUSION_DEPTH`] (or `k`), ranked by
+    /// `prior`'s logit `dense · q·d + bm25 · BM25`: the `k` passages with the highest `p(z|x)`
+    /// among them, each with its dense inner product. Ties go to the smaller id.
     pub fn weighted(
         &self,
-        question: &str,
+        bm25: &Bm25Ranking,
         query: &[f32],
         k: usize,
         prior: &PassagePrior,
     ) -> Result<Vec<(usize, f32)>> {
-        let depth = k.max(FUSION_DEPTH);
-        let (mut bm25, floor) = self.bm25_table(question, depth)?;
-        for (i, _) in self.dense(query, depth)? {
-            bm25.entry(i).or_insert(floor);
-        }
-        let mut pool: Vec<(usize, f32, f64)> = bm25
+        let mut pool: HashSet<usize> = bm25.hits.iter().map(|h| h.0).collect();
+        pool.extend(
+            self.dense(query, k.max(FUSION_DEPTH))?
+                .into_iter()
+                .map(|h| h.0),
+        );
+        let mut ranked: Vec<(usize, f32, f64)> = pool
             .into_iter()
-            .map(|(i, b)| {
+            .map(|i| {
                 let d = self.score(query, i);
-                (i, d, prior.logit(d, b))
+                (i, d, prior.logit(d, bm25.score(i)))
             })
             .collect();
-        pool.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
-        Ok(pool.into_iter().take(k).map(|(i, d, _)| (i, d)).collect())
+        ranked.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
+        Ok(ranked.into_iter().take(k).map(|(i, d, _)| (i, d)).collect())
     }
 
     /// Reciprocal-rank fusion of the BM25 and dense rankings, each [`FUSION_DEPTH`] deep (or
     /// `k`): the best `k` by fused rank, each with its dense inner product as score (what
     /// p(z|x) is computed from).
-    pub fn hybrid(&self, question: &str, query: &[f32], k: usize) -> Result<Vec<(usize, f32)>> {
-        let depth = k.max(FUSION_DEPTH);
-        let ids = |hits: Vec<(usize, f32)>| hits.into_iter().map(|(i, _)| i).collect::<Vec<_>>();
+    pub fn hybrid(&self, bm25: &Bm25Ranking, query: &[f32], k: usize) -> Result<Vec<(usize, f32)>> {
+        let ids = |hits: &[(usize, f32)]| hits.iter().map(|h| h.0).collect::<Vec<_>>();
         let rankings = [
-            ids(self.bm25(question, depth)?),
-            ids(self.dense(query, depth)?),
+            ids(&bm25.hits),
+            ids(&self.dense(query, k.max(FUSION_DEPTH))?),
         ];
         Ok(reciprocal_rank_fusion(&rankings, k)
             .into_iter()
             .map(|i| (i, self.score(query, i)))
             .collect())
+    }
+}
+
+/// BM25's top passages for one question ([`QaIndex::bm25_ranking`]) and the score of any
+/// passage: exact within the ranking; for the others the lowest score of a full ranking (an
+/// upper bound), or 0 when the ranking is shorter (BM25 matched nothing else).
+pub struct Bm25Ranking {
+    hits: Vec<(usize, f32)>,
+    scores: HashMap<usize, f32>,
+    floor: f32,
+}
+
+impl Bm25Ranking {
+    /// `(passage, score)`, best first.
+    pub fn hits(&self) -> &[(usize, f32)] {
+        &self.hits
+    }
+
+    /// The BM25 score of `passage`.
+    pub fn score(&self, passage: usize) -> f32 {
+        self.scores.get(&passage).copied().unwrap_or(self.floor)
     }
 }
 

@@ -158,8 +158,9 @@ fn index_is_reused_refused_for_another_encoder_and_retrieves_the_obvious_passage
     let query = enc.encode_questions(&[question]).unwrap();
     let dense = ids(index.dense(&query, 4).unwrap());
     let realm = PassagePrior::default();
+    let ranking = index.bm25_ranking(question, 4).unwrap();
     assert_eq!(
-        ids(index.weighted(question, &query, 4, &realm).unwrap()),
+        ids(index.weighted(&ranking, &query, 4, &realm).unwrap()),
         dense
     );
     let lexical = PassagePrior {
@@ -169,7 +170,7 @@ fn index_is_reused_refused_for_another_encoder_and_retrieves_the_obvious_passage
     // (BM25 matches only some passages; the others follow, tied at 0.)
     let bm25 = ids(index.bm25(question, 4).unwrap());
     assert!(!bm25.is_empty());
-    let weighted = ids(index.weighted(question, &query, 4, &lexical).unwrap());
+    let weighted = ids(index.weighted(&ranking, &query, 4, &lexical).unwrap());
     assert_eq!(weighted.len(), 4);
     assert_eq!(weighted[..bm25.len()], bm25[..]);
 
