@@ -527,12 +527,12 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         n => spread_sample(questions.clone(), n),
     };
     let n_read = read.len();
-    // With a checkpoint the reader is compared across BM25, zero-shot dense and the fine-tuned
-    // retrievers; else the chosen one is used.
+    // With a checkpoint the reader is compared across BM25, zero-shot dense and weighted, and
+    // the fine-tuned retrievers; else the chosen one is used.
     let reader_runs: Vec<(String, RetrieverKind, &DenseEncoder)> = match loaded.zero_shot {
         Some(_) => retrievers
             .iter()
-            .filter(|r| !matches!(r.0, "hybrid-zero-shot" | "weighted-zero-shot"))
+            .filter(|r| r.0 != "hybrid-zero-shot")
             .map(|&(l, k, e)| (format!("reader-{l}"), k, e))
             .collect(),
         None => vec![("reader".into(), a.reader.retriever, &system.encoder)],
