@@ -414,7 +414,8 @@ fn examples(a: ExamplesArgs) -> anyhow::Result<()> {
             a.source.index.display()
         )
     })?;
-    let mut examples = sample_examples(&passages, a.source.tagger.as_deref(), a.sentences, a.seed)?;
+    let all: Vec<&Passage> = passages.iter().collect();
+    let mut examples = sample_examples(&all, a.source.tagger.as_deref(), a.sentences, a.seed)?;
     examples.truncate(a.sentences);
     write_examples(&a.out, &examples)?;
     eprintln!("{} masked sentences in {}", examples.len(), a.out.display());
@@ -425,16 +426,17 @@ fn examples(a: ExamplesArgs) -> anyhow::Result<()> {
 /// passages give more than two), their spans found with the tagger in `tagger` (dates only
 /// without one), in sample order.
 fn sample_examples(
-    passages: &[Passage],
+    passages: &[&Passage],
     tagger: Option<&std::path::Path>,
     wanted: usize,
     seed: u64,
 ) -> anyhow::Result<Vec<MaskedSentence>> {
     let tagger = tagger.map(load_tagger).transpose()?;
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut passages = passages.to_vec();
-    passages.shuffle(&mut rng);
-    passages.truncate(wanted.div_ceil(2).max(1));
+    let mut order = passages.to_vec();
+    order.shuffle(&mut rng);
+    order.truncate(wanted.div_ceil(2).max(1));
+    let passages: Vec<Passage> = order.into_iter().cloned().collect();
     let finder = SalientSpans::new(tagger);
     let tagging = bar(0, "spans");
     let found = masked_sentences(
@@ -568,7 +570,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         ),
         None => (
             sample_examples(
-                index.passages(),
+                &index.passages().iter().collect::<Vec<_>>(),
                 a.source.tagger.as_deref(),
                 a.sentences + a.eval_sentences,
                 a.seed,
@@ -733,9 +735,8 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
             // Sentences of the warm-up documents, a few per update, since about a third have a
             // passage of another document among their top ones that holds the span.
             let wanted = a.copy_warmup.max(a.evidence_warmup) * batch * 3;
-            let pool: Vec<Passage> = warm_up_passages.iter().map(|&p| p.clone()).collect();
             let drawn = sample_examples(
-                &pool,
+                &warm_up_passages,
                 a.source.tagger.as_deref(),
                 wanted,
                 a.seed.wrapping_add(2),
@@ -844,7 +845,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the losses of a warm-up (`kind` mlm or evidence) to the training log and says how it
+/// Writes the losses of a warm-up (`kind` mlm, copy or evidence) to the training log and says how it
 /// went.
 fn log_warm_up(
     log: &mut std::fs::File,
