@@ -317,27 +317,29 @@ pub fn spread_sample(examples: Vec<QaExample>, limit: usize) -> Vec<QaExample> {
         .collect()
 }
 
-fn eval_questions(a: &EvalArgs) -> anyhow::Result<Vec<QaExample>> {
+/// The evaluated questions and `fit` train-article questions of squad-open (spread evenly) to
+/// fit priors on, from one load and one split; `fit` > 0 needs squad-open.
+fn eval_questions(a: &EvalArgs, fit: usize) -> anyhow::Result<(Vec<QaExample>, Vec<QaExample>)> {
+    if fit > 0 && a.dataset != Dataset::SquadOpen {
+        anyhow::bail!("--fit-prior needs squad-open, whose train articles the prior is fitted on");
+    }
     let data = shared_data_dir();
     let examples = a
         .dataset
         .load(&data)
         .with_context(|| format!("loading {}", a.dataset.path(&data).display()))?;
-    let examples = match a.dataset {
-        Dataset::SquadOpen => squad_split(examples, a.seed)?.eval,
-        _ => examples,
+    let (eval, train) = match a.dataset {
+        Dataset::SquadOpen => {
+            let split = squad_split(examples, a.seed)?;
+            (split.eval, split.train)
+        }
+        _ => (examples, Vec::new()),
     };
-    Ok(spread_sample(examples, a.limit))
-}
-
-/// `n` train-article questions of squad-open (spread evenly) to fit priors on.
-fn fit_questions(a: &EvalArgs, n: usize) -> anyhow::Result<Vec<QaExample>> {
-    if a.dataset != Dataset::SquadOpen {
-        anyhow::bail!("--fit-prior needs squad-open, whose train articles the prior is fitted on");
-    }
-    let data = shared_data_dir();
-    let examples = a.dataset.load(&data)?;
-    Ok(spread_sample(squad_split(examples, a.seed)?.train, n))
+    let fit_on = match fit {
+        0 => Vec::new(),
+        n => spread_sample(train, n),
+    };
+    Ok((spread_sample(eval, a.limit), fit_on))
 }
 
 /// squad-open questions split by article ([`split_by_article`], seeded).
@@ -470,7 +472,9 @@ fn retrievers(loaded: &Loaded) -> Vec<(&'static str, RetrieverKind, &DenseEncode
 }
 
 fn eval(a: EvalArgs) -> anyhow::Result<()> {
-    let questions = eval_questions(&a)?;
+    // Priors are fitted only for reader runs.
+    let fit = if a.reader_limit > 0 { a.fit_prior } else { 0 };
+    let (questions, fit_on) = eval_questions(&a, fit)?;
     let loaded = a.reader.system(&a.index, &a.models, a.reader_limit > 0)?;
     let system = &loaded.system;
     let passages = system.index.passages();
@@ -536,10 +540,6 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
             .map(|&(l, k, e)| (format!("reader-{l}"), k, e))
             .collect(),
         None => vec![("reader".into(), a.reader.retriever, &system.encoder)],
-    };
-    let fit_on = match (a.fit_prior, n_read) {
-        (0, _) | (_, 0) => Vec::new(),
-        (n, _) => fit_questions(&a, n)?,
     };
     for (label, kind, encoder) in reader_runs.iter().filter(|_| n_read > 0) {
         // The given prior, and with --fit-prior the fitted one as well, from the same readings.
