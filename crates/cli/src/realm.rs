@@ -10,13 +10,13 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Subcommand};
-use ralm_models::bert::Pooling;
+use ralm_models::bert::{BertForMaskedLM, Pooling};
 use ralm_realm::data::shared_data_dir;
 use ralm_realm::passages::{Passage, MAX_PASSAGE_WORDPIECES};
 use ralm_realm::pretrain::{
     masked_sentences, read_checkpoint_state, read_examples, warm_up_on_evidence, warm_up_passages,
-    warm_up_reader, write_examples, EvidenceSource, MaskedSentence, PretrainConfig, Pretrainer,
-    RealmModels,
+    warm_up_reader, write_examples, EvidenceSource, LmReader, MaskedSentence, PretrainConfig,
+    Pretrainer, Reader, RealmModels,
 };
 use ralm_realm::qa_index::QaIndex;
 use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot, SnapshotStore};
@@ -537,6 +537,11 @@ pub struct PretrainArgs {
     /// with its MLM head, or another run's warm-reader/) instead of --encoder with a fresh head.
     #[arg(long)]
     reader: Option<PathBuf>,
+    /// A causal LM (GGUF file or HF Llama directory, e.g. models/smollm2) as a frozen reader
+    /// instead of BERT: p(y|z,x) is its probability of the span after the document and the
+    /// sentence's words before the span, and only the two towers train. No warm-up applies.
+    #[arg(long, conflicts_with = "reader")]
+    lm_reader: Option<PathBuf>,
     /// Held-out sentences (after the training ones) whose masked wordpieces are predicted at the
     /// start and at every checkpoint, with retrieval and with the null document only.
     #[arg(long, default_value_t = 40)]
@@ -551,6 +556,9 @@ pub struct PretrainArgs {
 }
 
 fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
+    if a.lm_reader.is_some() && a.copy_warmup + a.evidence_warmup > 0 {
+        anyhow::bail!("--lm-reader is frozen: --copy-warmup and --evidence-warmup do not apply");
+    }
     let device = crate::device::current();
     let document = DenseEncoder::load(&a.encoder, Pooling::Mean, 32, &device)
         .with_context(|| format!("loading encoder {}", a.encoder.display()))?;
@@ -646,13 +654,23 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         Pretrainer::resume(&corpus, slot, &checkpoint, &device, Some(total))?
     } else {
         let encoder = a.encoder.as_path();
+        let reader = match &a.lm_reader {
+            Some(lm) => Reader::Lm(
+                LmReader::load(lm, &device)
+                    .with_context(|| format!("loading the LM reader {}", lm.display()))?,
+            ),
+            None => Reader::Mlm(BertForMaskedLM::load(
+                a.reader.as_deref().unwrap_or(encoder),
+                &device,
+            )?),
+        };
         let models = RealmModels::load(
-            [a.reader.as_deref().unwrap_or(encoder), encoder, encoder],
+            reader,
+            [encoder, encoder],
             Pooling::Mean,
             MAX_PASSAGE_WORDPIECES,
             a.max_doc_pieces,
             a.scale,
-            &device,
         )?;
         Pretrainer::new(&corpus, slot, models, config)?
     };
@@ -693,7 +711,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
             h.null_only as f64 / h.masked.max(1) as f64,
         );
         eprintln!(
-            "update {}: held-out masked wordpieces right {:.1}% with retrieval, {:.1}% with the null document only ({} wordpieces)",
+            "update {}: held-out masked tokens right {:.1}% with retrieval, {:.1}% with the null document only ({} tokens)",
             trainer.step_count(),
             100.0 * with,
             100.0 * null_only,
@@ -707,8 +725,14 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         )?;
         Ok(())
     };
+    // A frozen LM reader has nothing to warm up.
+    let mlm_warmup = if a.lm_reader.is_some() {
+        0
+    } else {
+        a.mlm_warmup
+    };
     if done == 0 {
-        if a.mlm_warmup > 0 {
+        if mlm_warmup > 0 {
             let texts: Vec<&str> = warm_up_passages.iter().map(|p| p.text.as_str()).collect();
             if texts.is_empty() {
                 anyhow::bail!(
@@ -716,12 +740,12 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
                      warm-up: use a larger index, fewer sentences or --mlm-warmup 0"
                 );
             }
-            let warming = bar(a.mlm_warmup, "MLM warm-up");
+            let warming = bar(mlm_warmup, "MLM warm-up");
             let t0 = Instant::now();
             let losses = warm_up_reader(
                 trainer.models(),
                 &texts,
-                (a.mlm_warmup, batch, a.mlm_lr),
+                (mlm_warmup, batch, a.mlm_lr),
                 &mut rng,
                 |loss| {
                     warming.set_message(format!("loss {loss:.2}"));
@@ -773,7 +797,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
                 log_warm_up(&mut log, kind, &losses, t0)?;
             }
         }
-        if a.mlm_warmup + a.copy_warmup + a.evidence_warmup > 0 {
+        if mlm_warmup + a.copy_warmup + a.evidence_warmup > 0 {
             let warm = a.out.join("warm-reader");
             trainer.models().save_reader(&warm)?;
         }

@@ -1,5 +1,5 @@
-//! Helpers shared by the integration tests: locating optional real data files; tiny BERT
-//! models.
+//! Helpers shared by the integration tests: locating optional real data files; tiny BERT and
+//! Llama models.
 #![allow(dead_code)] // each test binary uses a part
 
 use std::path::{Path, PathBuf};
@@ -33,6 +33,58 @@ pub fn tiny_bert(root: &Path, words: &[&str], max_seq: usize) -> (PathBuf, BertC
         model_type: "bert".into(),
     };
     (dir, config)
+}
+
+/// A tiny random Llama's HF directory `root/llama` (2 layers of width 16, seeded weights), its
+/// tokenizer the word-level one of [`tiny_bert`] over `words` (give it `<s>` for a `bos`).
+pub fn tiny_llama(root: &Path, words: &[&str]) -> PathBuf {
+    use rand::{Rng, SeedableRng};
+    let (bert, _) = tiny_bert(&root.join("llama-words"), words, 64);
+    let dir = root.join("llama");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(bert.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let (v, d, ff, layers) = (words.len(), 16, 32, 2);
+    let config = serde_json::json!({"vocab_size": v, "hidden_size": d, "intermediate_size": ff,
+        "num_hidden_layers": layers, "num_attention_heads": 2, "num_key_value_heads": 1,
+        "max_position_embeddings": 128});
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let kv = d / 2;
+    let mut shapes = vec![
+        ("model.embed_tokens.weight".to_string(), vec![v, d]),
+        ("lm_head.weight".into(), vec![v, d]),
+        ("model.norm.weight".into(), vec![d]),
+    ];
+    for i in 0..layers {
+        for (name, shape) in [
+            ("input_layernorm", vec![d]),
+            ("post_attention_layernorm", vec![d]),
+            ("self_attn.q_proj", vec![d, d]),
+            ("self_attn.k_proj", vec![kv, d]),
+            ("self_attn.v_proj", vec![kv, d]),
+            ("self_attn.o_proj", vec![d, d]),
+            ("mlp.gate_proj", vec![ff, d]),
+            ("mlp.up_proj", vec![ff, d]),
+            ("mlp.down_proj", vec![d, ff]),
+        ] {
+            shapes.push((format!("model.layers.{i}.{name}.weight"), shape));
+        }
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let tensors: std::collections::HashMap<String, candle_core::Tensor> = shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            // Norm weights near 1, matrices uniform in ±0.5.
+            let norm = shape.len() == 1;
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = (0..n)
+                .map(|_| f32::from(norm) + rng.random_range(-0.5f32..0.5))
+                .collect();
+            let t = candle_core::Tensor::from_vec(values, shape, &candle_core::Device::Cpu);
+            (name, t.unwrap())
+        })
+        .collect();
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    dir
 }
 
 /// `path` under the shared data directory, or None (with a printed skip message) when absent.

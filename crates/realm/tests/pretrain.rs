@@ -9,7 +9,7 @@ use ralm_realm::finetune::query::QueryTower;
 use ralm_realm::passages::Passage;
 use ralm_realm::pretrain::{
     exclude_document, mask_sentence, warm_up_on_evidence, warm_up_reader, EvidenceSource, Example,
-    MaskedSentence, PretrainConfig, Pretrainer, RealmModels, Specials,
+    LmReader, MaskedSentence, PretrainConfig, Pretrainer, Reader, RealmModels, Specials,
 };
 use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot, SnapshotStore};
 use ralm_realm::retriever::{passage_text, DenseEncoder};
@@ -34,6 +34,18 @@ fn passage(id: &str, title: &str, text: &str) -> Passage {
 }
 
 fn models(root: &std::path::Path) -> RealmModels {
+    models_reading(root, |config| {
+        let reader = BertForMaskedLM::new_random(config, &Device::Cpu).unwrap();
+        common::reseed(reader.varmap(), 3, config.initializer_range);
+        Reader::Mlm(reader)
+    })
+}
+
+/// Random towers over [`WORDS`] around the reader `reader` makes from their config.
+fn models_reading(
+    root: &std::path::Path,
+    reader: impl FnOnce(&ralm_models::bert::BertConfig) -> Reader,
+) -> RealmModels {
     let (dir, config) = common::tiny_bert(root, WORDS, MAX_SEQ);
     let (tok, path) = load_tokenizer(&dir, MAX_SEQ).unwrap();
     let input = QueryTower::new_random(&config, tok.clone(), &path, Pooling::Mean, 1, &Device::Cpu)
@@ -42,10 +54,8 @@ fn models(root: &std::path::Path) -> RealmModels {
         QueryTower::new_random(&config, tok.clone(), &path, Pooling::Mean, 2, &Device::Cpu)
             .unwrap();
     docs.set_max_len(MAX_SEQ).unwrap();
-    let reader = BertForMaskedLM::new_random(&config, &Device::Cpu).unwrap();
-    common::reseed(reader.varmap(), 3, config.initializer_range);
     RealmModels {
-        reader,
+        reader: reader(&config),
         input,
         docs,
         specials: Specials::of(&tok, 0).unwrap(),
@@ -88,6 +98,7 @@ fn loss_matches_each_candidate_run_alone_and_reaches_every_parameter() {
     let example = Example {
         x: x.clone(),
         docs: docs.iter().collect(),
+        lm: None,
     };
     let out = m.sentence_losses(&[example]).unwrap().0.remove(0);
     assert_eq!(out.log_p_z.len(), 3, "two documents and the null document");
@@ -157,6 +168,8 @@ fn loss_matches_each_candidate_run_alone_and_reaches_every_parameter() {
             candle_core::Tensor::ones((1, n), candle_core::DType::F32, &Device::Cpu).unwrap();
         let (_, logits) = m
             .reader
+            .mlm()
+            .unwrap()
             .forward(&t(ids), &t(types), &mask, Mode::Train)
             .unwrap();
         let logits = logits.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
@@ -192,7 +205,7 @@ fn loss_matches_each_candidate_run_alone_and_reaches_every_parameter() {
 
     let grads = out.loss.backward().unwrap();
     for (what, varmap) in [
-        ("reader", m.reader.varmap()),
+        ("reader", m.reader.mlm().unwrap().varmap()),
         ("input tower", m.input.body().varmap()),
         ("document tower", m.docs.body().varmap()),
     ] {
@@ -232,6 +245,7 @@ fn a_batch_scores_each_sentence_as_if_it_ran_alone() {
     .map(|(s, docs)| Example {
         x: mask_sentence(&tok, &s, 32, m.specials.mask).unwrap(),
         docs,
+        lm: None,
     });
     let (batched, tokens) = m.sentence_losses(&examples).unwrap();
     assert_eq!(batched.len(), 3);
@@ -593,7 +607,7 @@ fn check_reader_warm_up(
     let (input, docs, reader) = (
         tensors(m.input.body().varmap()),
         tensors(m.docs.body().varmap()),
-        tensors(m.reader.varmap()),
+        tensors(m.reader.mlm().unwrap().varmap()),
     );
     let mut seen = Vec::new();
     let losses = warm_up(m, &mut |l| seen.push(l));
@@ -607,7 +621,11 @@ fn check_reader_warm_up(
     };
     unchanged(tensors(m.input.body().varmap()), &input, "input tower");
     unchanged(tensors(m.docs.body().varmap()), &docs, "document tower");
-    assert_ne!(tensors(m.reader.varmap()), reader, "reader unchanged");
+    assert_ne!(
+        tensors(m.reader.mlm().unwrap().varmap()),
+        reader,
+        "reader unchanged"
+    );
 }
 
 #[test]
@@ -684,4 +702,154 @@ fn evidence_is_a_passage_of_the_chosen_documents_that_the_reader_sees_the_span_i
     check_reader_warm_up(trainer.models(), 100, |m, progress| {
         warm_up_on_evidence(m, &found, (100, 2, 1e-2), progress).unwrap()
     });
+}
+
+/// The towers of [`models`] around a frozen tiny Llama over [`WORDS`] and `<s>`, and the
+/// Llama's directory.
+fn lm_models(root: &std::path::Path) -> (RealmModels, std::path::PathBuf) {
+    let words: Vec<&str> = WORDS.iter().copied().chain(["<s>"]).collect();
+    let dir = common::tiny_llama(root, &words);
+    let reader = LmReader::load(&dir, &Device::Cpu).unwrap();
+    (models_reading(root, |_| Reader::Lm(reader)), dir)
+}
+
+#[test]
+fn a_frozen_lm_reader_scores_the_span_after_each_document_and_only_the_towers_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (m, dir) = lm_models(tmp.path());
+    let Reader::Lm(lm) = &m.reader else {
+        unreachable!()
+    };
+    let tok = m.docs.body().tokenizer().clone();
+    let ids = |text: &str| tok.encode(text, false).unwrap().get_ids().to_vec();
+    let s = MaskedSentence {
+        text: "the capital of france is paris.".into(),
+        span: (25, 30),
+        document: "paris".into(),
+    };
+    let x = lm.sentence(&s, 32).unwrap();
+    assert_eq!(x.prefix, ids("the capital of france is"));
+    assert_eq!(x.targets, ids("paris"));
+    assert_eq!(lm.sentence(&s, 3).unwrap().prefix, ids("france is"));
+    let docs = [
+        passage("wiki:france:0", "France", "paris is the capital of france."),
+        passage("wiki:italy:0", "Italy", "rome is a big city in italy."),
+    ];
+    let mut two = sentence(); // "paris" first: the null row is `<s>` then the span.
+    two.span = (0, 5);
+    let examples = [
+        Example {
+            x: mask_sentence(&tok, &s, 32, m.specials.mask).unwrap(),
+            docs: docs.iter().collect(),
+            lm: Some(x.clone()),
+        },
+        Example {
+            x: mask_sentence(&tok, &two, 32, m.specials.mask).unwrap(),
+            docs: vec![&docs[1]],
+            lm: Some(lm.sentence(&two, 32).unwrap()),
+        },
+    ];
+    let (out, _) = m.sentence_losses(&examples).unwrap();
+
+    // Direct: each row alone through the model, the span's log-probability in f64.
+    let model = ralm_models::llama::LlamaModel::load(
+        &dir,
+        ralm_models::llama::WeightMode::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let bos = 23; // "<s>", after WORDS
+    let direct = |z: Option<&Passage>, x: &ralm_realm::pretrain::LmSentence| -> f64 {
+        let mut row = vec![bos];
+        if let Some(p) = z {
+            row.extend(&ids(&passage_text(p))[..]);
+        }
+        row.extend(&x.prefix);
+        row.extend(&x.targets);
+        let input = candle_core::Tensor::new(row.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let hidden = model
+            .forward(&input, 0, None)
+            .unwrap()
+            .hidden
+            .squeeze(0)
+            .unwrap();
+        let logits = model.logits(&hidden).unwrap().to_vec2::<f32>().unwrap();
+        let first = row.len() - x.targets.len();
+        (x.targets.iter().enumerate())
+            .map(|(j, &t)| {
+                let l: Vec<f64> = logits[first + j - 1].iter().map(|&v| v as f64).collect();
+                l[t as usize] - ln_sum_exp(&l)
+            })
+            .sum()
+    };
+    for (e, o) in examples.iter().zip(&out) {
+        let x = e.lm.as_ref().unwrap();
+        let mut want: Vec<f64> = e.docs.iter().map(|&p| direct(Some(p), x)).collect();
+        want.push(direct(None, x));
+        assert_eq!(o.log_p_y.len(), want.len());
+        for (got, want) in o.log_p_y.iter().zip(&want) {
+            assert!((*got as f64 - want).abs() < 1e-4, "{got} vs {want}");
+        }
+        let terms: Vec<f64> = (o.log_p_z.iter().zip(&o.log_p_y))
+            .map(|(z, y)| (z + y) as f64)
+            .collect();
+        let loss = o.loss.to_scalar::<f32>().unwrap() as f64;
+        assert!((loss + ln_sum_exp(&terms)).abs() < 1e-4);
+    }
+
+    // The LM is frozen: the loss reaches every parameter of both towers, and nothing else.
+    let grads = out[0].loss.backward().unwrap();
+    for (what, varmap) in [
+        ("input tower", m.input.body().varmap()),
+        ("document tower", m.docs.body().varmap()),
+    ] {
+        let without = common::without_gradient(varmap, &grads);
+        assert!(without.is_empty(), "{what}: no gradient for {without:?}");
+    }
+    assert!(m.reader.mlm().is_none());
+
+    // Accuracy counts the span's LM tokens.
+    let hits = m.masked_accuracy(&examples).unwrap();
+    assert_eq!(hits.masked, 2);
+    assert!(warm_up_reader(
+        &m,
+        &["paris"],
+        (1, 1, 1e-3),
+        &mut rand::rngs::StdRng::seed_from_u64(0),
+        |_| {}
+    )
+    .is_err());
+}
+
+#[test]
+fn a_run_with_an_lm_reader_checkpoints_the_towers_and_resumes_with_the_same_lm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (passages, slot) = capitals(3);
+    let (models, lm_dir) = lm_models(tmp.path());
+    let mut trainer = Pretrainer::new(
+        &passages,
+        slot.clone(),
+        models,
+        tiny_config(1e-3, 1e-3, 0, 4),
+    )
+    .unwrap();
+    let batch = vec![sentence()];
+    let first = trainer.step(&batch).unwrap();
+    assert!(first.loss.is_finite() && first.grad_norm > 0.0);
+    let dir = tmp.path().join("checkpoint");
+    let state = trainer.save(&dir).unwrap();
+    assert_eq!(state.lm_reader.as_deref(), Some(lm_dir.as_path()));
+    assert!(!dir.join("reader").exists(), "a frozen LM is not copied");
+    let mut resumed = Pretrainer::resume(&passages, slot, &dir, &Device::Cpu, None).unwrap();
+    let (next, again) = (trainer.step(&batch).unwrap(), resumed.step(&batch).unwrap());
+    assert_eq!(again.step, 2);
+    assert!(
+        (next.loss - again.loss).abs() < 1e-5,
+        "{} vs {}",
+        next.loss,
+        again.loss
+    );
 }

@@ -25,6 +25,9 @@ use crate::refresh::{DocSnapshot, SnapshotSlot};
 use crate::retriever::passage_text;
 
 mod examples;
+mod lm_reader;
+
+pub use lm_reader::{LmReader, LmSentence};
 
 pub use examples::{
     masked_sentences, read_examples, split_sentences, warm_up_passages, write_examples,
@@ -103,16 +106,43 @@ pub fn mask_sentence(
     })
 }
 
-/// The three models REALM pre-trains, and how their inputs are built.
+/// The knowledge-augmented encoder.
+#[allow(clippy::large_enum_variant)] // one per run: boxing would only add an indirection
+pub enum Reader {
+    /// BERT with an MLM head over `[CLS] x [SEP] z [SEP]`, trained with the towers.
+    Mlm(BertForMaskedLM),
+    /// A frozen causal LM over `z`, then `x` up to the span: only the towers train.
+    Lm(LmReader),
+}
+
+impl Reader {
+    /// The BERT MLM reader (`None` for a frozen LM).
+    pub fn mlm(&self) -> Option<&BertForMaskedLM> {
+        match self {
+            Reader::Mlm(m) => Some(m),
+            Reader::Lm(_) => None,
+        }
+    }
+
+    /// The BERT MLM reader, or an error saying that `what` needs one.
+    fn trainable(&self, what: &str) -> Result<&BertForMaskedLM> {
+        self.mlm().ok_or_else(|| {
+            RealmError::Invalid(format!("{what} needs a BERT MLM reader, not a frozen LM"))
+        })
+    }
+}
+
+/// The three models REALM pre-trains (two when the reader is a frozen LM), and how their inputs
+/// are built.
 pub struct RealmModels {
-    /// The knowledge-augmented encoder (BERT + MLM head).
-    pub reader: BertForMaskedLM,
+    /// The knowledge-augmented encoder.
+    pub reader: Reader,
     /// Embeds masked sentences.
     pub input: QueryTower,
     /// Embeds documents (the index is built from a snapshot of it).
     pub docs: QueryTower,
     pub specials: Specials,
-    /// Most wordpieces of a document in the reader's input.
+    /// Most wordpieces (tokens, for an LM reader) of a document in the reader's input.
     pub max_doc_pieces: usize,
     /// Scale of inner products in `p(z|x)`.
     pub scale: f64,
@@ -122,6 +152,8 @@ pub struct RealmModels {
 pub struct Example<'p> {
     pub x: MaskedTokens,
     pub docs: Vec<&'p Passage>,
+    /// The sentence as an [`LmReader`] reads it (needed with one).
+    pub lm: Option<LmSentence>,
 }
 
 /// The pieces of one sentence's loss, for logging and checking.
@@ -145,32 +177,38 @@ impl SentenceLoss {
 }
 
 /// One sentence's candidates scored: `log p(z|x)` `[n]` and the reader's log-probabilities
-/// `[n, masked, vocab]` at its masked wordpieces, the null document last.
+/// `[n, masked, vocab]` at its masked tokens, the null document last, and those tokens' ids.
 struct Scored {
     log_p_z: Tensor,
     log_probs: Tensor,
+    targets: Vec<u32>,
 }
 
 impl RealmModels {
-    /// Loads the reader (HF BERT directory, MLM head fresh when absent) and both towers (HF BERT
-    /// directories pooled with `pooling`; documents cut to `doc_max_len` wordpieces), e.g. all
-    /// three from the starting encoder or from a checkpoint.
+    /// The models around `reader` (a BERT MLM, its head fresh when the directory has none, or a
+    /// frozen LM): the input and document towers from HF BERT directories `dirs`, pooled with
+    /// `pooling`, documents cut to `doc_max_len` wordpieces for the document tower and to
+    /// `max_doc_pieces` for the reader.
     pub fn load(
-        dirs: [&Path; 3],
+        reader: Reader,
+        dirs: [&Path; 2],
         pooling: Pooling,
         doc_max_len: usize,
         max_doc_pieces: usize,
         scale: f64,
-        device: &Device,
     ) -> Result<Self> {
-        let [reader, input, docs] = dirs;
-        let reader = BertForMaskedLM::load(reader, device)?;
-        let mut docs = QueryTower::load(docs, pooling, device)?;
+        let [input, docs] = dirs;
+        let device = match &reader {
+            Reader::Mlm(m) => m.bert().word_embeddings().device().clone(),
+            Reader::Lm(lm) => lm.device().clone(),
+        };
+        let mut docs = QueryTower::load(docs, pooling, &device)?;
         docs.set_max_len(doc_max_len)?;
+        let pad = docs.body().bert().config().pad_token_id;
         Ok(Self {
-            specials: Specials::of(docs.body().tokenizer(), reader.bert().config().pad_token_id)?,
+            specials: Specials::of(docs.body().tokenizer(), pad)?,
             reader,
-            input: QueryTower::load(input, pooling, device)?,
+            input: QueryTower::load(input, pooling, &device)?,
             docs,
             max_doc_pieces,
             scale,
@@ -179,7 +217,8 @@ impl RealmModels {
 
     /// Writes the reader to `dir` (replaced whole) as an HF `BertForMaskedLM` directory.
     pub fn save_reader(&self, dir: &Path) -> Result<()> {
-        replace_dir(dir, |tmp| Ok(self.reader.save(tmp)?))
+        let reader = self.reader.trainable("saving the reader")?;
+        replace_dir(dir, |tmp| Ok(reader.save(tmp)?))
     }
 
     /// Wordpieces the document tower reads of a document (its tokenizer's truncation).
@@ -192,7 +231,7 @@ impl RealmModels {
     }
 
     fn device(&self) -> &Device {
-        self.reader.bert().word_embeddings().device()
+        self.docs.body().device()
     }
 
     /// `[CLS] x [SEP]`: the input tower's and the reader's view of masked sentence `x`.
@@ -267,7 +306,7 @@ impl RealmModels {
             .encode_batch(refs, true)
             .map_err(|e| RealmError::Tokenizer(e.to_string()))?;
         let grouping = Grouping {
-            heads: self.reader.bert().config().num_attention_heads,
+            heads: self.docs.body().bert().config().num_attention_heads,
             budget: attention_budget(&device),
             pad: sp.pad,
             device: &device,
@@ -286,17 +325,57 @@ impl RealmModels {
         let q_rows = q.index_select(&Tensor::new(owners.as_slice(), &device)?, 0)?;
         let scores = ((d * q_rows)?.sum(1)? * self.scale)?;
 
-        // The reader over [CLS] x [SEP] z [SEP] for every candidate of every sentence.
+        let (log_probs, targets, reader_tokens) = match &self.reader {
+            Reader::Mlm(bert) => {
+                self.mlm_log_probs(bert, examples, &queries, &doc_enc, &owner, &grouping, mode)?
+            }
+            Reader::Lm(lm) => self.lm_log_probs(lm, examples, &grouping)?,
+        };
+        let v = log_probs.dim(1)?;
+        let (mut row, mut at) = (0, 0);
+        let mut scored = Vec::with_capacity(examples.len());
+        for (e, targets) in examples.iter().zip(targets) {
+            let (n, m) = (e.docs.len() + 1, targets.len());
+            scored.push(Scored {
+                log_p_z: candle_nn::ops::log_softmax(&scores.narrow(0, row, n)?, D::Minus1)?,
+                log_probs: log_probs.narrow(0, at, n * m)?.reshape((n, m, v))?,
+                targets,
+            });
+            row += n;
+            at += n * m;
+        }
+        // Input tower, reader rows, document tower.
+        let tokens = queries.iter().map(Vec::len).sum::<usize>()
+            + reader_tokens
+            + doc_enc.iter().map(|e| e.len()).sum::<usize>();
+        Ok((scored, tokens))
+    }
+
+    /// The BERT reader's log-probabilities `[Σ candidates × masked, vocab]` over `[CLS] x [SEP]
+    /// z [SEP]` for every candidate (`doc_enc`, the null document's empty, of sentence
+    /// `owner[row]`), each sentence's masked wordpieces, and the tokens read.
+    #[allow(clippy::too_many_arguments)]
+    fn mlm_log_probs(
+        &self,
+        bert: &BertForMaskedLM,
+        examples: &[Example],
+        queries: &[Vec<u32>],
+        doc_enc: &[tokenizers::Encoding],
+        owner: &[usize],
+        grouping: &Grouping,
+        mode: Mode,
+    ) -> Result<(Tensor, Vec<Vec<u32>>, usize)> {
         let rows: Vec<(Vec<u32>, Vec<u32>)> = doc_enc
             .iter()
-            .zip(&owner)
+            .zip(owner)
             .map(|(e, &i)| self.reader_row(&queries[i], &e.get_ids()[1..e.len() - 1]))
             .collect();
         let masked: Vec<usize> = owner
             .iter()
             .map(|&i| examples[i].x.positions.len())
             .collect();
-        let picked = grouped_forward(&rows, &masked, &grouping, |batch, group| {
+        let device = self.device();
+        let picked = grouped_forward(&rows, &masked, grouping, |batch, group| {
             // A sentence's masked wordpieces sit at 1 + position in each of its rows.
             let t = batch.ids.dim(1)?;
             let mut flat = Vec::new();
@@ -304,32 +383,62 @@ impl RealmModels {
                 let x = &examples[owner[row]].x;
                 flat.extend(x.positions.iter().map(|&p| (at * t + 1 + p) as u32));
             }
-            Ok(self.reader.logits_at(
+            Ok(bert.logits_at(
                 &batch.ids,
                 &batch.type_ids,
                 &batch.mask,
-                &Tensor::new(flat.as_slice(), &device)?,
+                &Tensor::new(flat.as_slice(), device)?,
                 mode,
             )?)
         })?;
-        let v = picked.dim(1)?;
-        let log_probs = candle_nn::ops::log_softmax(&picked, D::Minus1)?;
-        let (mut row, mut at) = (0, 0);
-        let mut scored = Vec::with_capacity(examples.len());
+        let targets = examples.iter().map(|e| e.x.targets.clone()).collect();
+        let tokens = rows.iter().map(|r| r.0.len()).sum();
+        Ok((
+            candle_nn::ops::log_softmax(&picked, D::Minus1)?,
+            targets,
+            tokens,
+        ))
+    }
+
+    /// The frozen LM's log-probabilities `[Σ candidates × span tokens, vocab]` of every
+    /// example's span after each of its documents and after none, the span's tokens, and the
+    /// tokens read.
+    fn lm_log_probs(
+        &self,
+        lm: &LmReader,
+        examples: &[Example],
+        grouping: &Grouping,
+    ) -> Result<(Tensor, Vec<Vec<u32>>, usize)> {
+        let (mut rows, mut outputs, mut targets) = (Vec::new(), Vec::new(), Vec::new());
         for e in examples {
-            let (n, m) = (e.docs.len() + 1, e.x.positions.len());
-            scored.push(Scored {
-                log_p_z: candle_nn::ops::log_softmax(&scores.narrow(0, row, n)?, D::Minus1)?,
-                log_probs: log_probs.narrow(0, at, n * m)?.reshape((n, m, v))?,
-            });
-            row += n;
-            at += n * m;
+            let x = e.lm.as_ref().ok_or_else(|| {
+                RealmError::Invalid("an example without the LM reader's view of it".into())
+            })?;
+            for p in &e.docs {
+                let z = lm.document(&passage_text(p), self.max_doc_pieces)?;
+                rows.push(lm.row(Some(&z), x));
+            }
+            rows.push(lm.row(None, x));
+            outputs.extend(std::iter::repeat_n(x.targets.len(), e.docs.len() + 1));
+            targets.push(x.targets.clone());
         }
-        // Input tower, reader rows, document tower.
-        let tokens = queries.iter().map(Vec::len).sum::<usize>()
-            + rows.iter().map(|r| r.0.len()).sum::<usize>()
-            + doc_enc.iter().map(|e| e.len()).sum::<usize>();
-        Ok((scored, tokens))
+        let rows: Vec<(Vec<u32>, Vec<u32>)> = rows
+            .into_iter()
+            .map(|r| {
+                let types = vec![0; r.len()];
+                (r, types)
+            })
+            .collect();
+        let grouping = Grouping {
+            heads: lm.heads(),
+            ..*grouping
+        };
+        let log_probs = grouped_forward(&rows, &outputs, &grouping, |batch, group| {
+            let m: Vec<usize> = group.iter().map(|&r| outputs[r]).collect();
+            lm.target_log_probs(&batch.ids, &batch.lengths, &m)
+        })?;
+        let tokens = rows.iter().map(|r| r.0.len()).sum();
+        Ok((log_probs, targets, tokens))
     }
 
     /// The loss of every example (the null document added last to its candidates), in training
@@ -337,9 +446,9 @@ impl RealmModels {
     pub fn sentence_losses(&self, examples: &[Example]) -> Result<(Vec<SentenceLoss>, usize)> {
         let (scored, tokens) = self.distributions(examples, Mode::Train)?;
         let mut losses = Vec::with_capacity(examples.len());
-        for (e, s) in examples.iter().zip(scored) {
+        for s in scored {
             let (n, m, _) = s.log_probs.dims3()?;
-            let targets: Vec<u32> = (0..n).flat_map(|_| e.x.targets.iter().copied()).collect();
+            let targets: Vec<u32> = (0..n).flat_map(|_| s.targets.iter().copied()).collect();
             let gold = s
                 .log_probs
                 .reshape((n * m, ()))?
@@ -359,13 +468,13 @@ impl RealmModels {
         Ok((losses, tokens))
     }
 
-    /// Masked wordpieces of the examples predicted right (inference mode): by the most likely
-    /// token under `Σ_z p(z|x) p(token|z,x)` over each one's documents and the null document,
+    /// Masked wordpieces (span tokens, for an LM reader) of the examples predicted right
+    /// (inference mode; the LM reads the span's earlier tokens): by the most likely token under `Σ_z p(z|x) p(token|z,x)` over each one's documents and the null document,
     /// and by the null document alone.
     pub fn masked_accuracy(&self, examples: &[Example]) -> Result<MaskedHits> {
         let (scored, _) = self.distributions(examples, Mode::Inference)?;
         let mut hits = MaskedHits::default();
-        for (e, s) in examples.iter().zip(scored) {
+        for s in scored {
             let n = s.log_probs.dim(0)?;
             let marginal = s
                 .log_probs
@@ -379,16 +488,11 @@ impl RealmModels {
                 .get(n - 1)?
                 .argmax(D::Minus1)?
                 .to_vec1::<u32>()?;
-            let right = |pred: &[u32]| {
-                pred.iter()
-                    .zip(&e.x.targets)
-                    .filter(|(a, b)| a == b)
-                    .count()
-            };
+            let right = |pred: &[u32]| pred.iter().zip(&s.targets).filter(|(a, b)| a == b).count();
             hits += MaskedHits {
                 with_retrieval: right(&marginal),
                 null_only: right(&null),
-                masked: e.x.targets.len(),
+                masked: s.targets.len(),
             };
         }
         Ok(hits)
@@ -588,14 +692,14 @@ impl<'a> Pretrainer<'a> {
             ));
         }
         let ratio = config.tower_lr / config.lr;
-        let optimizer = AdamW::new(
-            &[
-                ("reader.", models.reader.varmap(), 1.0),
-                ("input.", models.input.body().varmap(), ratio),
-                ("docs.", models.docs.body().varmap(), ratio),
-            ],
-            AdamWConfig::default(),
-        )?;
+        let mut groups = vec![
+            ("input.", models.input.body().varmap(), ratio),
+            ("docs.", models.docs.body().varmap(), ratio),
+        ];
+        if let Some(reader) = models.reader.mlm() {
+            groups.insert(0, ("reader.", reader.varmap(), 1.0));
+        }
+        let optimizer = AdamW::new(&groups, AdamWConfig::default())?;
         Ok(Self {
             passages,
             slot,
@@ -627,17 +731,23 @@ impl<'a> Pretrainer<'a> {
         batch: &[MaskedSentence],
     ) -> Result<Vec<Example<'a>>> {
         let k = self.config.k;
-        Ok(self
-            .ranked(snapshot, batch, k + EXCLUSION_MARGIN)?
+        self.ranked(snapshot, batch, k + EXCLUSION_MARGIN)?
             .into_iter()
             .zip(batch)
-            .map(|((x, ranked), s)| Example {
-                x,
-                docs: (exclude_document(&ranked, self.passages, &s.document, k).iter())
-                    .map(|&i| &self.passages[i])
-                    .collect(),
+            .map(|((x, ranked), s)| {
+                let lm = match &self.models.reader {
+                    Reader::Lm(lm) => Some(lm.sentence(s, self.config.max_sentence_pieces)?),
+                    Reader::Mlm(_) => None,
+                };
+                Ok(Example {
+                    x,
+                    docs: (exclude_document(&ranked, self.passages, &s.document, k).iter())
+                        .map(|&i| &self.passages[i])
+                        .collect(),
+                    lm,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// The sentences masked, each with the rows of its top `n` passages in `snapshot` by the
@@ -702,7 +812,11 @@ impl<'a> Pretrainer<'a> {
                     }
                 }
                 if let Some(p) = found {
-                    out.push(Example { x, docs: vec![p] });
+                    out.push(Example {
+                        x,
+                        docs: vec![p],
+                        lm: None,
+                    });
                 }
             }
         }
@@ -788,11 +902,17 @@ impl<'a> Pretrainer<'a> {
             max_doc_pieces: m.max_doc_pieces,
             scale: m.scale,
             snapshot_version: self.slot.current().version,
+            lm_reader: match &m.reader {
+                Reader::Lm(lm) => Some(lm.path().to_path_buf()),
+                Reader::Mlm(_) => None,
+            },
         };
         let bytes = serde_json::to_vec_pretty(&state)
             .map_err(|e| RealmError::Invalid(format!("pre-training state: {e}")))?;
         replace_dir(dir, |tmp| {
-            self.models.reader.save(&tmp.join(READER_DIR))?;
+            if let Reader::Mlm(reader) = &self.models.reader {
+                reader.save(&tmp.join(READER_DIR))?;
+            }
             self.models.input.save(&tmp.join(INPUT_DIR))?;
             self.models.docs.save(&tmp.join(DOCS_DIR))?;
             self.optimizer.save_file(&tmp.join(OPTIMIZER_FILE))?;
@@ -817,17 +937,17 @@ impl<'a> Pretrainer<'a> {
         let pooling: Pooling = state.pooling.parse().map_err(|e: String| {
             RealmError::format(&dir.join(STATE_FILE), format!("pooling: {e}"))
         })?;
+        let reader = match &state.lm_reader {
+            Some(path) => Reader::Lm(LmReader::load(path, device)?),
+            None => Reader::Mlm(BertForMaskedLM::load(&dir.join(READER_DIR), device)?),
+        };
         let models = RealmModels::load(
-            [
-                &dir.join(READER_DIR),
-                &dir.join(INPUT_DIR),
-                &dir.join(DOCS_DIR),
-            ],
+            reader,
+            [&dir.join(INPUT_DIR), &dir.join(DOCS_DIR)],
             pooling,
             state.doc_max_len,
             state.max_doc_pieces,
             state.scale,
-            device,
         )?;
         let mut config = state.config;
         if let Some(t) = total_steps {
@@ -870,6 +990,10 @@ pub struct CheckpointState {
     /// also what checkpoints written before snapshots were kept say).
     #[serde(default)]
     pub snapshot_version: u64,
+    /// The frozen LM reader's model, read again on resuming (`None`: the BERT reader in
+    /// `reader/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lm_reader: Option<std::path::PathBuf>,
 }
 
 const FORMAT: &str = "ralm-realm-pretrain";
@@ -1005,10 +1129,8 @@ fn reader_updates(
     mut progress: impl FnMut(f64),
     mut next: impl FnMut() -> Result<ReaderBatch>,
 ) -> Result<Vec<f64>> {
-    let mut optimizer = AdamW::new(
-        &[("reader.", models.reader.varmap(), 1.0)],
-        AdamWConfig::default(),
-    )?;
+    let reader = models.reader.trainable("a reader warm-up")?;
+    let mut optimizer = AdamW::new(&[("reader.", reader.varmap(), 1.0)], AdamWConfig::default())?;
     let device = models.device().clone();
     let mut losses = Vec::with_capacity(steps);
     for step in 0..steps {
@@ -1027,7 +1149,7 @@ fn reader_updates(
         let flat: Vec<u32> = (b.positions.iter())
             .map(|&(row, p)| (row * t + p) as u32)
             .collect();
-        let logits = models.reader.logits_at(
+        let logits = reader.logits_at(
             &padded.ids,
             &padded.type_ids,
             &padded.mask,
