@@ -815,7 +815,8 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
             json!({"step": s.step, "loss": s.loss,
             "retrieval_utility": s.retrieval_utility, "null_probability": s.null_probability,
             "span_found": s.span_found,
-            "lr": s.lr, "grad_norm": s.grad_norm, "tokens": s.tokens, "elapsed_s": secs,
+            "lr": s.lr, "tower_lr": s.tower_lr, "grad_norm": s.grad_norm, "tokens": s.tokens,
+            "elapsed_s": secs,
             "tokens_per_s": tokens as f64 / secs, "snapshot": s.snapshot_version,
             "staleness_steps": s.staleness_steps, "staleness_s": s.staleness_seconds})
         )?;

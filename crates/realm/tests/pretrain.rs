@@ -841,9 +841,10 @@ fn a_run_with_an_lm_reader_checkpoints_the_towers_and_resumes_with_the_same_lm()
     assert!(first.loss.is_finite() && first.grad_norm > 0.0);
     let dir = tmp.path().join("checkpoint");
     let state = trainer.save(&dir).unwrap();
-    assert_eq!(state.lm_reader.as_deref(), Some(lm_dir.as_path()));
+    assert_eq!(state.lm_reader.unwrap().path, lm_dir);
     assert!(!dir.join("reader").exists(), "a frozen LM is not copied");
-    let mut resumed = Pretrainer::resume(&passages, slot, &dir, &Device::Cpu, None).unwrap();
+    let mut resumed =
+        Pretrainer::resume(&passages, slot.clone(), &dir, &Device::Cpu, None).unwrap();
     let (next, again) = (trainer.step(&batch).unwrap(), resumed.step(&batch).unwrap());
     assert_eq!(again.step, 2);
     assert!(
@@ -851,5 +852,20 @@ fn a_run_with_an_lm_reader_checkpoints_the_towers_and_resumes_with_the_same_lm()
         "{} vs {}",
         next.loss,
         again.loss
+    );
+
+    // Other weights at the recorded path are refused.
+    let weights = lm_dir.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+    let norm = tensors.get_mut("model.norm.weight").unwrap();
+    *norm = (&*norm * 2.0).unwrap();
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    let err = Pretrainer::resume(&passages, slot, &dir, &Device::Cpu, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("not the one the checkpoint was trained with"),
+        "{err}"
     );
 }

@@ -54,6 +54,11 @@ impl LmReader {
         &self.path
     }
 
+    /// SHA-256 (hex) of the model's weight file.
+    pub fn model_hash(&self) -> Result<String> {
+        Ok(self.model.model_hash()?)
+    }
+
     /// The device the model runs on.
     pub fn device(&self) -> &Device {
         self.model.device()

@@ -629,7 +629,10 @@ pub struct PretrainStep {
     /// Share of the batch's sentences with a retrieved document that
     /// [holds the span](RealmModels::holds_span).
     pub span_found: f64,
+    /// Learning rate of the reader (unused with a frozen LM)...
     pub lr: f64,
+    /// ...and of the towers.
+    pub tower_lr: f64,
     pub grad_norm: f64,
     /// Wordpieces run through the three models.
     pub tokens: usize,
@@ -864,6 +867,7 @@ impl<'a> Pretrainer<'a> {
             null_probability: null_p / n,
             span_found: found as f64 / n,
             lr,
+            tower_lr: lr * c.tower_lr / c.lr,
             grad_norm,
             tokens,
             snapshot_version: snapshot.version,
@@ -903,7 +907,10 @@ impl<'a> Pretrainer<'a> {
             scale: m.scale,
             snapshot_version: self.slot.current().version,
             lm_reader: match &m.reader {
-                Reader::Lm(lm) => Some(lm.path().to_path_buf()),
+                Reader::Lm(lm) => Some(LmReaderFile {
+                    path: lm.path().to_path_buf(),
+                    sha256: lm.model_hash()?,
+                }),
                 Reader::Mlm(_) => None,
             },
         };
@@ -938,7 +945,19 @@ impl<'a> Pretrainer<'a> {
             RealmError::format(&dir.join(STATE_FILE), format!("pooling: {e}"))
         })?;
         let reader = match &state.lm_reader {
-            Some(path) => Reader::Lm(LmReader::load(path, device)?),
+            Some(file) => {
+                let lm = LmReader::load(&file.path, device)?;
+                if lm.model_hash()? != file.sha256 {
+                    return Err(RealmError::format(
+                        &dir.join(STATE_FILE),
+                        format!(
+                            "the LM reader {} is not the one the checkpoint was trained with (SHA-256 differs)",
+                            file.path.display()
+                        ),
+                    ));
+                }
+                Reader::Lm(lm)
+            }
             None => Reader::Mlm(BertForMaskedLM::load(&dir.join(READER_DIR), device)?),
         };
         let models = RealmModels::load(
@@ -993,7 +1012,15 @@ pub struct CheckpointState {
     /// The frozen LM reader's model, read again on resuming (`None`: the BERT reader in
     /// `reader/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lm_reader: Option<std::path::PathBuf>,
+    pub lm_reader: Option<LmReaderFile>,
+}
+
+/// Where a checkpoint's frozen LM reader is, and the SHA-256 of its weights (a changed file is
+/// refused on resuming).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LmReaderFile {
+    pub path: std::path::PathBuf,
+    pub sha256: String,
 }
 
 const FORMAT: &str = "ralm-realm-pretrain";
