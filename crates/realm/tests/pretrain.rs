@@ -9,7 +9,8 @@ use ralm_realm::finetune::query::QueryTower;
 use ralm_realm::passages::Passage;
 use ralm_realm::pretrain::{
     exclude_document, mask_sentence, warm_up_on_evidence, warm_up_reader, EvidenceSource, Example,
-    LmReader, MaskedSentence, PretrainConfig, Pretrainer, Reader, RealmModels, Specials,
+    LmReader, MaskedSentence, PretrainConfig, PretrainStep, Pretrainer, Reader, RealmModels,
+    Specials,
 };
 use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot, SnapshotStore};
 use ralm_realm::retriever::{passage_text, DenseEncoder};
@@ -513,6 +514,28 @@ fn tiny_config(lr: f64, tower_lr: f64, warmup_steps: usize, total_steps: usize) 
     }
 }
 
+/// Resumes the checkpoint `dir` of `trainer`, takes the next update on `batch` with both and
+/// checks that their losses agree; returns the resumed trainer and both updates.
+fn resume_and_step<'a>(
+    trainer: &mut Pretrainer,
+    passages: &'a [Passage],
+    slot: &Arc<SnapshotSlot>,
+    dir: &std::path::Path,
+    batch: &[MaskedSentence],
+) -> (Pretrainer<'a>, PretrainStep, PretrainStep) {
+    let mut resumed = Pretrainer::resume(passages, slot.clone(), dir, &Device::Cpu, None).unwrap();
+    assert_eq!(resumed.step_count(), trainer.step_count());
+    let next = trainer.step(batch).unwrap();
+    let again = resumed.step(batch).unwrap();
+    assert!(
+        (next.loss - again.loss).abs() < 1e-5,
+        "{} vs {}",
+        next.loss,
+        again.loss
+    );
+    (resumed, next, again)
+}
+
 #[test]
 fn resumes_models_optimizer_and_step_from_a_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
@@ -532,18 +555,8 @@ fn resumes_models_optimizer_and_step_from_a_checkpoint() {
     trainer.save(&dir).unwrap();
 
     // Everything comes from the checkpoint: models, how they read inputs, optimizer moments.
-    let mut resumed =
-        Pretrainer::resume(&passages, slot.clone(), &dir, &Device::Cpu, None).unwrap();
-    assert_eq!(resumed.step_count(), 2);
-    let next = trainer.step(&batch).unwrap();
-    let again = resumed.step(&batch).unwrap();
+    let (mut resumed, next, again) = resume_and_step(&mut trainer, &passages, &slot, &dir, &batch);
     assert_eq!(again.step, 3);
-    assert!(
-        (next.loss - again.loss).abs() < 1e-5,
-        "{} vs {}",
-        next.loss,
-        again.loss
-    );
     assert!((next.lr - again.lr).abs() < 1e-15);
     assert!((next.grad_norm - again.grad_norm).abs() < 1e-3 * next.grad_norm.max(1.0));
     // The same update from the same moments: the next losses agree too.
@@ -843,16 +856,8 @@ fn a_run_with_an_lm_reader_checkpoints_the_towers_and_resumes_with_the_same_lm()
     let state = trainer.save(&dir).unwrap();
     assert_eq!(state.lm_reader.unwrap().path, lm_dir);
     assert!(!dir.join("reader").exists(), "a frozen LM is not copied");
-    let mut resumed =
-        Pretrainer::resume(&passages, slot.clone(), &dir, &Device::Cpu, None).unwrap();
-    let (next, again) = (trainer.step(&batch).unwrap(), resumed.step(&batch).unwrap());
+    let (_, _, again) = resume_and_step(&mut trainer, &passages, &slot, &dir, &batch);
     assert_eq!(again.step, 2);
-    assert!(
-        (next.loss - again.loss).abs() < 1e-5,
-        "{} vs {}",
-        next.loss,
-        again.loss
-    );
 
     // Other weights at the recorded path are refused.
     let weights = lm_dir.join("model.safetensors");
