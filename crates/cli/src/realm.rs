@@ -711,17 +711,19 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
             h.null_only as f64 / h.masked.max(1) as f64,
         );
         eprintln!(
-            "update {}: held-out masked tokens right {:.1}% with retrieval, {:.1}% with the null document only ({} tokens)",
+            "update {}: held-out masked tokens right {:.1}% with retrieval, {:.1}% with the null document only ({} tokens); RU of the top document {:+.3}",
             trainer.step_count(),
             100.0 * with,
             100.0 * null_only,
-            h.masked
+            h.masked,
+            h.mean_utility()
         );
         writeln!(
             log,
             "{}",
             json!({"step": trainer.step_count(), "eval_accuracy": with,
-                "eval_null_accuracy": null_only, "eval_masked": h.masked})
+                "eval_null_accuracy": null_only, "eval_masked": h.masked,
+                "eval_utility": h.mean_utility()})
         )?;
         Ok(())
     };
@@ -965,7 +967,7 @@ fn compare(a: CompareArgs) -> anyhow::Result<()> {
         let found = log.span_found.len() / 2;
         eprintln!(
             "{name}: {} updates, RU {:+.3} in the first half and {:+.3} in the second, span \
-             retrieved for {:.1}% and {:.1}% of sentences, held-out accuracy {}",
+             retrieved for {:.1}% and {:.1}% of sentences, held-out accuracy {}{}",
             log.utility.len(),
             mean(&log.utility[..half]),
             mean(&log.utility[half..]),
@@ -976,7 +978,15 @@ fn compare(a: CompareArgs) -> anyhow::Result<()> {
                 .zip(&log.null_only)
                 .map(|(r, n)| format!("{:.1}/{:.1}% at {}", r.1, n.1, r.0))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            if log.held_out_utility.is_empty() {
+                String::new()
+            } else {
+                let at: Vec<String> = (log.held_out_utility.iter())
+                    .map(|(step, u)| format!("{u:+.3} at {step}"))
+                    .collect();
+                format!(", held-out RU {}", at.join(", "))
+            }
         );
     }
     eprintln!("charts in {}", a.out.display());
@@ -994,6 +1004,8 @@ struct PretrainLog {
     /// Held-out accuracy (%) with retrieval and with the null document only.
     with_retrieval: Vec<(f64, f64)>,
     null_only: Vec<(f64, f64)>,
+    /// Held-out mean RU of the top document (logs from before it was measured have none).
+    held_out_utility: Vec<(f64, f64)>,
 }
 
 impl PretrainLog {
@@ -1025,6 +1037,9 @@ impl PretrainLog {
                 log.with_retrieval.push((step, 100.0 * r));
                 log.null_only.push((step, 100.0 * n));
             }
+            if let Some(u) = v["eval_utility"].as_f64() {
+                log.held_out_utility.push((step, u));
+            }
         }
         Ok(log)
     }
@@ -1054,6 +1069,7 @@ fn plot_pretraining(out: &std::path::Path) -> anyhow::Result<()> {
         span_found,
         with_retrieval,
         null_only,
+        held_out_utility: _, // printed by `realm compare`
     } = PretrainLog::read(out)?;
     if !with_retrieval.is_empty() {
         accuracy_chart(vec![

@@ -274,8 +274,20 @@ fn a_batch_scores_each_sentence_as_if_it_ran_alone() {
     for e in &examples {
         apart += m.masked_accuracy(std::slice::from_ref(e)).unwrap();
     }
-    assert_eq!(together, apart);
+    assert_eq!(
+        (together.with_retrieval, together.null_only, together.masked),
+        (apart.with_retrieval, apart.null_only, apart.masked)
+    );
     assert_eq!(together.masked, 1 + 2 + 1);
+    // The sentence without documents has no utility; the others' agree with their losses'.
+    assert_eq!((together.sentences, apart.sentences), (2, 2));
+    let from_losses: f64 = (batched.iter())
+        .filter_map(|b| b.retrieval_utility())
+        .map(f64::from)
+        .sum();
+    for u in [together.utility, apart.utility] {
+        assert!((u - from_losses).abs() < 1e-3, "{u} vs {from_losses}");
+    }
 }
 
 #[test]

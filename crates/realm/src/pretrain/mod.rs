@@ -170,10 +170,16 @@ impl SentenceLoss {
     /// Retrieval utility of the top document: `log p(y|z_top,x) − log p(y|∅,x)`, with `z_top`
     /// the candidate of highest `p(z|x)` other than the null document (`None` without one).
     pub fn retrieval_utility(&self) -> Option<f32> {
-        let null = self.log_p_y.len() - 1;
-        let top = (0..null).max_by(|&a, &b| self.log_p_z[a].total_cmp(&self.log_p_z[b]))?;
-        Some(self.log_p_y[top] - self.log_p_y[null])
+        top_utility(&self.log_p_z, &self.log_p_y)
     }
+}
+
+/// `log p(y|z_top,x) − log p(y|∅,x)` of candidates scored `log p(z|x)` and `log p(y|z,x)`, the
+/// null document last (`None` without another candidate).
+fn top_utility(log_p_z: &[f32], log_p_y: &[f32]) -> Option<f32> {
+    let null = log_p_y.len() - 1;
+    let top = (0..null).max_by(|&a, &b| log_p_z[a].total_cmp(&log_p_z[b]))?;
+    Some(log_p_y[top] - log_p_y[null])
 }
 
 /// One sentence's candidates scored: `log p(z|x)` `[n]` and the reader's log-probabilities
@@ -182,6 +188,23 @@ struct Scored {
     log_p_z: Tensor,
     log_probs: Tensor,
     targets: Vec<u32>,
+}
+
+impl Scored {
+    /// `log p(y|z,x)` `[n]` of every candidate: the sum of its targets' log-probabilities.
+    fn log_p_y(&self) -> Result<Tensor> {
+        let (n, m, _) = self.log_probs.dims3()?;
+        let targets: Vec<u32> = (0..n).flat_map(|_| self.targets.iter().copied()).collect();
+        let gold = self
+            .log_probs
+            .reshape((n * m, ()))?
+            .gather(
+                &Tensor::new(targets.as_slice(), self.log_probs.device())?.unsqueeze(1)?,
+                1,
+            )?
+            .reshape((n, m))?;
+        Ok(gold.sum(D::Minus1)?)
+    }
 }
 
 impl RealmModels {
@@ -447,17 +470,7 @@ impl RealmModels {
         let (scored, tokens) = self.distributions(examples, Mode::Train)?;
         let mut losses = Vec::with_capacity(examples.len());
         for s in scored {
-            let (n, m, _) = s.log_probs.dims3()?;
-            let targets: Vec<u32> = (0..n).flat_map(|_| s.targets.iter().copied()).collect();
-            let gold = s
-                .log_probs
-                .reshape((n * m, ()))?
-                .gather(
-                    &Tensor::new(targets.as_slice(), s.log_probs.device())?.unsqueeze(1)?,
-                    1,
-                )?
-                .reshape((n, m))?;
-            let log_p_y = gold.sum(D::Minus1)?;
+            let log_p_y = s.log_p_y()?;
             let loss = logsumexp(&(&s.log_p_z + &log_p_y)?)?.neg()?;
             losses.push(SentenceLoss {
                 loss,
@@ -468,8 +481,9 @@ impl RealmModels {
         Ok((losses, tokens))
     }
 
-    /// Masked wordpieces (span tokens, for an LM reader) of the examples predicted right
-    /// (inference mode; the LM reads the span's earlier tokens): by the most likely token under `Σ_z p(z|x) p(token|z,x)` over each one's documents and the null document,
+    /// Masked wordpieces (span tokens, for an LM reader) of the examples predicted right, and the
+    /// top document's retrieval utility (inference mode; the LM reads the span's earlier
+    /// tokens): by the most likely token under `Σ_z p(z|x) p(token|z,x)` over each one's documents and the null document,
     /// and by the null document alone.
     pub fn masked_accuracy(&self, examples: &[Example]) -> Result<MaskedHits> {
         let (scored, _) = self.distributions(examples, Mode::Inference)?;
@@ -489,10 +503,13 @@ impl RealmModels {
                 .argmax(D::Minus1)?
                 .to_vec1::<u32>()?;
             let right = |pred: &[u32]| pred.iter().zip(&s.targets).filter(|(a, b)| a == b).count();
+            let utility = top_utility(&s.log_p_z.to_vec1()?, &s.log_p_y()?.to_vec1()?);
             hits += MaskedHits {
                 with_retrieval: right(&marginal),
                 null_only: right(&null),
                 masked: s.targets.len(),
+                utility: utility.unwrap_or(0.0) as f64,
+                sentences: usize::from(utility.is_some()),
             };
         }
         Ok(hits)
@@ -568,12 +585,23 @@ fn grouped_forward(
     Ok(all.index_select(&Tensor::new(order.as_slice(), how.device)?, 0)?)
 }
 
-/// Masked wordpieces predicted right with retrieval and with the null document only.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Masked wordpieces predicted right with retrieval and with the null document only, and the
+/// retrieval utility of the top document summed over the sentences that have one.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct MaskedHits {
     pub with_retrieval: usize,
     pub null_only: usize,
     pub masked: usize,
+    pub utility: f64,
+    /// Sentences with a retrieved document (those `utility` sums over).
+    pub sentences: usize,
+}
+
+impl MaskedHits {
+    /// Mean retrieval utility of the top document (0 without any).
+    pub fn mean_utility(&self) -> f64 {
+        self.utility / self.sentences.max(1) as f64
+    }
 }
 
 impl std::ops::AddAssign for MaskedHits {
@@ -581,6 +609,8 @@ impl std::ops::AddAssign for MaskedHits {
         self.with_retrieval += other.with_retrieval;
         self.null_only += other.null_only;
         self.masked += other.masked;
+        self.utility += other.utility;
+        self.sentences += other.sentences;
     }
 }
 
