@@ -31,12 +31,15 @@ pub struct LmReader {
     /// Tokens between the document and the sentence.
     separator: Vec<u32>,
     path: PathBuf,
+    /// SHA-256 (hex) of the weight file, hashed once at load.
+    sha256: String,
 }
 
 impl LmReader {
-    /// Loads the model at `path` (dequantized to f32) and its tokenizer.
+    /// Loads the model at `path` (dequantized to f32) and its tokenizer, and hashes its weights.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let model = LlamaModel::load(path, WeightMode::F32, device)?;
+        let sha256 = model.model_hash()?;
         let tokenizer = LmTokenizer::for_model(path)?;
         let start = tokenizer.bos_id().into_iter().collect();
         let separator = tokenizer.encode("\n\n")?;
@@ -46,6 +49,7 @@ impl LmReader {
             start,
             separator,
             path: path.to_path_buf(),
+            sha256,
         })
     }
 
@@ -54,9 +58,9 @@ impl LmReader {
         &self.path
     }
 
-    /// SHA-256 (hex) of the model's weight file.
-    pub fn model_hash(&self) -> Result<String> {
-        Ok(self.model.model_hash()?)
+    /// SHA-256 (hex) of the model's weight file, as it was when loaded.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     /// The device the model runs on.

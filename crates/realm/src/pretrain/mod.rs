@@ -432,6 +432,11 @@ impl RealmModels {
         examples: &[Example],
         grouping: &Grouping,
     ) -> Result<(Tensor, Vec<Vec<u32>>, usize)> {
+        // Rows with all-zero token types, the form `grouped_forward` pads.
+        let typed = |row: Vec<u32>| {
+            let types = vec![0; row.len()];
+            (row, types)
+        };
         let (mut rows, mut outputs, mut targets) = (Vec::new(), Vec::new(), Vec::new());
         for e in examples {
             let x = e.lm.as_ref().ok_or_else(|| {
@@ -439,19 +444,12 @@ impl RealmModels {
             })?;
             for p in &e.docs {
                 let z = lm.document(&passage_text(p), self.max_doc_pieces)?;
-                rows.push(lm.row(Some(&z), x));
+                rows.push(typed(lm.row(Some(&z), x)));
             }
-            rows.push(lm.row(None, x));
+            rows.push(typed(lm.row(None, x)));
             outputs.extend(std::iter::repeat_n(x.targets.len(), e.docs.len() + 1));
             targets.push(x.targets.clone());
         }
-        let rows: Vec<(Vec<u32>, Vec<u32>)> = rows
-            .into_iter()
-            .map(|r| {
-                let types = vec![0; r.len()];
-                (r, types)
-            })
-            .collect();
         let grouping = Grouping {
             heads: lm.heads(),
             ..*grouping
@@ -465,7 +463,7 @@ impl RealmModels {
     }
 
     /// The loss of every example (the null document added last to its candidates), in training
-    /// mode and one batch, and the wordpieces run through the three models.
+    /// mode and one batch, and the tokens run through the models.
     pub fn sentence_losses(&self, examples: &[Example]) -> Result<(Vec<SentenceLoss>, usize)> {
         let (scored, tokens) = self.distributions(examples, Mode::Train)?;
         let mut losses = Vec::with_capacity(examples.len());
@@ -483,8 +481,8 @@ impl RealmModels {
 
     /// Masked wordpieces (span tokens, for an LM reader) of the examples predicted right, and the
     /// top document's retrieval utility (inference mode; the LM reads the span's earlier
-    /// tokens): by the most likely token under `Σ_z p(z|x) p(token|z,x)` over each one's documents and the null document,
-    /// and by the null document alone.
+    /// tokens): by the most likely token under `Σ_z p(z|x) p(token|z,x)` over each one's
+    /// documents and the null document, and by the null document alone.
     pub fn masked_accuracy(&self, examples: &[Example]) -> Result<MaskedHits> {
         let (scored, _) = self.distributions(examples, Mode::Inference)?;
         let mut hits = MaskedHits::default();
@@ -664,7 +662,7 @@ pub struct PretrainStep {
     /// ...and of the towers.
     pub tower_lr: f64,
     pub grad_norm: f64,
-    /// Wordpieces run through the three models.
+    /// Tokens run through the models (wordpieces; LM tokens for an LM reader's rows).
     pub tokens: usize,
     /// Version of the index snapshot the batch retrieved from.
     pub snapshot_version: u64,
@@ -939,7 +937,7 @@ impl<'a> Pretrainer<'a> {
             lm_reader: match &m.reader {
                 Reader::Lm(lm) => Some(LmReaderFile {
                     path: lm.path().to_path_buf(),
-                    sha256: lm.model_hash()?,
+                    sha256: lm.sha256().to_string(),
                 }),
                 Reader::Mlm(_) => None,
             },
@@ -977,7 +975,7 @@ impl<'a> Pretrainer<'a> {
         let reader = match &state.lm_reader {
             Some(file) => {
                 let lm = LmReader::load(&file.path, device)?;
-                if lm.model_hash()? != file.sha256 {
+                if lm.sha256() != file.sha256 {
                     return Err(RealmError::format(
                         &dir.join(STATE_FILE),
                         format!(
