@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use candle_core::Device;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Subcommand};
 use ralm_models::bert::{BertForMaskedLM, Pooling};
@@ -15,8 +16,8 @@ use ralm_realm::data::shared_data_dir;
 use ralm_realm::passages::{Passage, MAX_PASSAGE_WORDPIECES};
 use ralm_realm::pretrain::{
     masked_sentences, read_checkpoint_state, read_examples, warm_up_on_evidence, warm_up_passages,
-    warm_up_reader, write_examples, EvidenceSource, LmReader, MaskedSentence, PretrainConfig,
-    Pretrainer, Reader, RealmModels,
+    warm_up_reader, write_examples, EvidenceSource, LmReader, MaskedHits, MaskedSentence,
+    PretrainConfig, Pretrainer, Reader, RealmModels,
 };
 use ralm_realm::qa_index::QaIndex;
 use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot, SnapshotStore};
@@ -31,6 +32,8 @@ use serde_json::json;
 
 use crate::plot::{loss_curve, running_mean, Chart, Series};
 use crate::qa_dense::bar;
+
+mod eval;
 
 /// Sentences per forward pass when tagging.
 const PREDICT_BATCH: usize = 64;
@@ -50,6 +53,10 @@ pub enum RealmCommand {
     /// Pre-train the knowledge-augmented encoder and both retriever towers on salient-span
     /// masked sentences, retrieving from a QA index that a background builder refreshes.
     Pretrain(PretrainArgs),
+    /// Score a pre-training run's held-out sentences one by one (its checkpoint, or with
+    /// --start the models it started from): masked tokens right with retrieval and with the null
+    /// document only, RU of the top document, with bootstrap intervals; `compare` pairs them.
+    Eval(eval::EvalArgs),
     /// Charts comparing pre-training runs (an ablation and its baseline): running means of the
     /// loss and of the retrieval utility, and held-out accuracy, one line per run.
     Compare(CompareArgs),
@@ -132,6 +139,7 @@ pub fn run(cmd: RealmCommand, matches: &ArgMatches) -> anyhow::Result<()> {
         RealmCommand::NerEval(a) => ner_eval(a),
         RealmCommand::Spans(a) => spans(a),
         RealmCommand::Examples(a) => examples(a),
+        RealmCommand::Eval(a) => eval::eval(a),
         RealmCommand::Compare(a) => compare(a),
         RealmCommand::Pretrain(a) => {
             let given = matches
@@ -564,28 +572,16 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         .with_context(|| format!("loading encoder {}", a.encoder.display()))?;
     let index = QaIndex::open(&a.source.index, &document)
         .with_context(|| format!("opening QA index {}", a.source.index.display()))?;
-    let (mut sentences, source) = match &a.examples {
-        Some(file) if a.source.tagger.is_some() && a.copy_warmup + a.evidence_warmup == 0 => {
+    if let Some(file) = &a.examples {
+        if a.source.tagger.is_some() && a.copy_warmup + a.evidence_warmup == 0 {
             anyhow::bail!(
                 "--tagger is not used with --examples {} and no copy or evidence warm-up: its \
                  spans were found when it was written",
                 file.display()
             )
         }
-        Some(file) => (
-            read_examples(file)?,
-            format!("masked sentences in {}", file.display()),
-        ),
-        None => (
-            sample_examples(
-                &index.passages().iter().collect::<Vec<_>>(),
-                a.source.tagger.as_deref(),
-                a.sentences + a.eval_sentences,
-                a.seed,
-            )?,
-            "sentences of 6 to 60 words in the sampled passages".to_string(),
-        ),
-    };
+    }
+    let (mut sentences, source) = run_sentences(&a, &index)?;
     // The training sentences, and at least one held-out sentence when any are asked for.
     if sentences.len() < a.sentences + usize::from(a.eval_sentences > 0) {
         anyhow::bail!(
@@ -604,14 +600,6 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         .collect();
     let batch = a.batch.max(1);
     let total = sentences.len().div_ceil(batch);
-    let config = PretrainConfig {
-        k: a.k,
-        lr: a.lr,
-        tower_lr: a.tower_lr,
-        warmup_steps: a.warmup,
-        total_steps: total,
-        max_sentence_pieces: MAX_QUESTION_WORDPIECES - 2,
-    };
     let corpus = Arc::new(index.passages().to_vec());
     let store = Arc::new(SnapshotStore::new(&a.out.join("snapshots"), &corpus));
     let checkpoint = a.out.join("checkpoint");
@@ -628,16 +616,11 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    // The snapshot the checkpoint was reading, or the QA index the run starts from.
-    let first = match resumed.as_ref().map_or(0, |s| s.snapshot_version) {
-        0 => {
-            let (vectors, dim) = index.vectors();
-            DocSnapshot::new(0, 0, Instant::now(), vectors, dim)?
-        }
-        v => store
-            .load(v)
-            .with_context(|| format!("loading the index snapshot {v} of the checkpoint"))?,
-    };
+    let first = snapshot_to_read(
+        resumed.as_ref().map_or(0, |s| s.snapshot_version),
+        &index,
+        &store,
+    )?;
     let slot = Arc::new(SnapshotSlot::new(first));
     let refresher = (a.refresh_every > 0).then(|| {
         Refresher::spawn(
@@ -653,26 +636,12 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     let mut trainer = if resumed.is_some() {
         Pretrainer::resume(&corpus, slot, &checkpoint, &device, Some(total))?
     } else {
-        let encoder = a.encoder.as_path();
-        let reader = match &a.lm_reader {
-            Some(lm) => Reader::Lm(
-                LmReader::load(lm, &device)
-                    .with_context(|| format!("loading the LM reader {}", lm.display()))?,
-            ),
-            None => Reader::Mlm(BertForMaskedLM::load(
-                a.reader.as_deref().unwrap_or(encoder),
-                &device,
-            )?),
-        };
-        let models = RealmModels::load(
-            reader,
-            [encoder, encoder],
-            Pooling::Mean,
-            MAX_PASSAGE_WORDPIECES,
-            a.max_doc_pieces,
-            a.scale,
-        )?;
-        Pretrainer::new(&corpus, slot, models, config)?
+        Pretrainer::new(
+            &corpus,
+            slot,
+            starting_models(&a, &device)?,
+            pretrain_config(&a, total),
+        )?
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     crate::io::write_atomic(&a.out.join("config.json"), &serde_json::to_vec_pretty(&a)?)?;
@@ -705,7 +674,10 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
         if held_out.is_empty() {
             return Ok(());
         }
-        let h = trainer.evaluate(&held_out, batch)?;
+        let h: MaskedHits = trainer
+            .evaluate(&held_out, batch, |_| {})?
+            .into_iter()
+            .sum();
         let (with, null_only) = (
             h.with_retrieval as f64 / h.masked.max(1) as f64,
             h.null_only as f64 / h.masked.max(1) as f64,
@@ -872,6 +844,83 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The masked sentences of a run, the training ones first, and where they come from: its
+/// `--examples` file, or sentences of a seeded sample of the index's passages.
+fn run_sentences(
+    a: &PretrainArgs,
+    index: &QaIndex,
+) -> anyhow::Result<(Vec<MaskedSentence>, String)> {
+    Ok(match &a.examples {
+        Some(file) => (
+            read_examples(file)?,
+            format!("masked sentences in {}", file.display()),
+        ),
+        None => (
+            sample_examples(
+                &index.passages().iter().collect::<Vec<_>>(),
+                a.source.tagger.as_deref(),
+                a.sentences + a.eval_sentences,
+                a.seed,
+            )?,
+            "sentences of 6 to 60 words in the sampled passages".to_string(),
+        ),
+    })
+}
+
+/// The training settings of a run of `total` updates.
+fn pretrain_config(a: &PretrainArgs, total: usize) -> PretrainConfig {
+    PretrainConfig {
+        k: a.k,
+        lr: a.lr,
+        tower_lr: a.tower_lr,
+        warmup_steps: a.warmup,
+        total_steps: total,
+        max_sentence_pieces: MAX_QUESTION_WORDPIECES - 2,
+    }
+}
+
+/// The models a run starts from: both towers from `--encoder`, the reader from `--lm-reader`,
+/// `--reader` or `--encoder` with a fresh MLM head.
+fn starting_models(a: &PretrainArgs, device: &Device) -> anyhow::Result<RealmModels> {
+    let encoder = a.encoder.as_path();
+    let reader = match &a.lm_reader {
+        Some(lm) => Reader::Lm(
+            LmReader::load(lm, device)
+                .with_context(|| format!("loading the LM reader {}", lm.display()))?,
+        ),
+        None => Reader::Mlm(BertForMaskedLM::load(
+            a.reader.as_deref().unwrap_or(encoder),
+            device,
+        )?),
+    };
+    Ok(RealmModels::load(
+        reader,
+        [encoder, encoder],
+        Pooling::Mean,
+        MAX_PASSAGE_WORDPIECES,
+        a.max_doc_pieces,
+        a.scale,
+    )?)
+}
+
+/// The index snapshot `version` that a checkpoint reads (from `store`), or for version 0 the QA
+/// index the run starts from.
+fn snapshot_to_read(
+    version: u64,
+    index: &QaIndex,
+    store: &SnapshotStore,
+) -> anyhow::Result<DocSnapshot> {
+    Ok(match version {
+        0 => {
+            let (vectors, dim) = index.vectors();
+            DocSnapshot::new(0, 0, Instant::now(), vectors, dim)?
+        }
+        v => store
+            .load(v)
+            .with_context(|| format!("loading the index snapshot {v} of the checkpoint"))?,
+    })
+}
+
 /// Writes the losses of a warm-up (`kind` mlm, copy or evidence) to the training log and says how it
 /// went.
 fn log_warm_up(
@@ -989,7 +1038,46 @@ fn compare(a: CompareArgs) -> anyhow::Result<()> {
             }
         );
     }
+    compare_held_out(&a.runs)?;
     eprintln!("charts in {}", a.out.display());
+    Ok(())
+}
+
+/// Paired comparisons of the held-out scorings `ralm realm eval` left in the runs: each run's
+/// checkpoint against its start, and every other run's checkpoint against the first run's.
+fn compare_held_out(runs: &[PathBuf]) -> anyhow::Result<()> {
+    let read = |dir: &PathBuf, file: &str| -> anyhow::Result<Option<Vec<eval::HeldOutSentence>>> {
+        let path = dir.join(file);
+        path.exists()
+            .then(|| eval::read_held_out(&path))
+            .transpose()
+    };
+    let name = |dir: &PathBuf| {
+        dir.file_name()
+            .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into())
+    };
+    let say = |what: String, change: anyhow::Result<String>| match change {
+        Ok(line) => eprintln!("{what}: {line}"),
+        Err(e) => eprintln!("{what}: not compared, {e}"),
+    };
+    let first = read(&runs[0], eval::HELD_OUT_FILE)?;
+    for (i, dir) in runs.iter().enumerate() {
+        let Some(end) = read(dir, eval::HELD_OUT_FILE)? else {
+            continue;
+        };
+        if let Some(start) = read(dir, eval::HELD_OUT_START_FILE)? {
+            say(
+                format!("{}, held out, start to checkpoint", name(dir)),
+                eval::paired_change(&start, &end),
+            );
+        }
+        if let (Some(first), true) = (&first, i > 0) {
+            say(
+                format!("held out, {} to {}", name(&runs[0]), name(dir)),
+                eval::paired_change(first, &end),
+            );
+        }
+    }
     Ok(())
 }
 

@@ -1,9 +1,12 @@
 //! Answer metrics: SQuAD exact match and token F1, DrQA regex matching, DPR-style
-//! `has_answer` for retrieval, and recall@k aggregation.
+//! `has_answer` for retrieval, recall@k aggregation, and bootstrap intervals of paired
+//! differences.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use regex::{Regex, RegexBuilder};
 use tokenizers::NormalizedString;
 
@@ -266,4 +269,45 @@ pub fn rankings_recall(
         recall.add(first_hit(texts, &AnswerMatcher::for_example(q)));
     }
     Ok(recall)
+}
+
+/// A statistic and its bootstrap 95 % interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interval {
+    pub estimate: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+/// `Σ numerator / Σ denominator` over `items` (one pair per sentence, question, ...) and its
+/// 95 % percentile bootstrap interval from `resamples` draws of the items with replacement,
+/// seeded; `None` when the denominators sum to zero. With denominators of 1 it is a mean; with
+/// paired differences as numerators (`right_b − right_a`, counted tokens as denominators) it is
+/// the difference of two accuracies on the same items.
+pub fn bootstrap_ratio(items: &[(f64, f64)], resamples: usize, seed: u64) -> Option<Interval> {
+    let ratio = |sum: (f64, f64)| (sum.1 != 0.0).then(|| sum.0 / sum.1);
+    let add = |a: (f64, f64), b: &(f64, f64)| (a.0 + b.0, a.1 + b.1);
+    let estimate = ratio(items.iter().fold((0.0, 0.0), add))?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut draws: Vec<f64> = (0..resamples)
+        .filter_map(|_| {
+            ratio((0..items.len()).fold((0.0, 0.0), |sum, _| {
+                add(sum, &items[rng.random_range(0..items.len())])
+            }))
+        })
+        .collect();
+    if draws.is_empty() {
+        return Some(Interval {
+            estimate,
+            low: estimate,
+            high: estimate,
+        });
+    }
+    draws.sort_by(f64::total_cmp);
+    let at = |q: f64| draws[((draws.len() - 1) as f64 * q).round() as usize];
+    Some(Interval {
+        estimate,
+        low: at(0.025),
+        high: at(0.975),
+    })
 }

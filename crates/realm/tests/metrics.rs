@@ -3,10 +3,11 @@
 use ralm_realm::data::AnswerKind;
 use ralm_realm::data::QaExample;
 use ralm_realm::metrics::{
-    exact_match, f1_score, first_hit, has_answer, normalize_answer, rankings_recall, regex_match,
-    AnswerMatcher, RecallAtK,
+    bootstrap_ratio, exact_match, f1_score, first_hit, has_answer, normalize_answer,
+    rankings_recall, regex_match, AnswerMatcher, RecallAtK,
 };
 use ralm_realm::passages::Passage;
+use rand::{Rng, SeedableRng};
 
 fn golds(answers: &[&str]) -> Vec<String> {
     answers.iter().map(|s| s.to_string()).collect()
@@ -142,4 +143,41 @@ fn recall_of_rankings_uses_passage_texts_and_checks_indices() {
         .to_string();
     assert!(err.contains("question a"), "{err}");
     assert!(rankings_recall(&questions, &bad[..1], &passages, &[1]).is_err());
+}
+
+#[test]
+fn bootstrap_ratio_estimates_and_bounds_the_ratio_of_sums() {
+    // Accuracy difference on the same items: Σ(right_b − right_a) / Σ tokens = (1 − 1 + 2) / 6.
+    let items = [(1.0, 2.0), (-1.0, 1.0), (2.0, 3.0)];
+    let i = bootstrap_ratio(&items, 2000, 7).unwrap();
+    assert!((i.estimate - 2.0 / 6.0).abs() < 1e-12);
+    assert!(
+        i.low <= i.estimate && i.estimate <= i.high && i.low < i.high,
+        "{i:?}"
+    );
+    // Seeded: the same interval again.
+    assert_eq!(bootstrap_ratio(&items, 2000, 7), Some(i));
+    // Every item alike: no spread.
+    let same = bootstrap_ratio(&[(0.5, 1.0); 10], 500, 0).unwrap();
+    assert_eq!((same.low, same.high), (0.5, 0.5));
+    assert_eq!(bootstrap_ratio(&[], 100, 0), None);
+    assert_eq!(bootstrap_ratio(&[(1.0, 0.0)], 100, 0), None);
+}
+
+#[test]
+fn bootstrap_interval_of_a_mean_has_the_normal_width() {
+    // 400 draws of N(0.3, 1) (Box–Muller): the mean's 95 % interval is about ±1.96/√400 = ±0.098.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let items: Vec<(f64, f64)> = (0..400)
+        .map(|_| {
+            let (u, v): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
+            let z = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+            (0.3 + z, 1.0)
+        })
+        .collect();
+    let i = bootstrap_ratio(&items, 4000, 3).unwrap();
+    let half = (i.high - i.low) / 2.0;
+    assert!((0.07..0.13).contains(&half), "{i:?}");
+    assert!(i.low < 0.3 && 0.3 < i.high, "{i:?}");
+    assert!((i.low + half - i.estimate).abs() < 0.03, "{i:?}");
 }

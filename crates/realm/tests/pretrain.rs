@@ -9,8 +9,8 @@ use ralm_realm::finetune::query::QueryTower;
 use ralm_realm::passages::Passage;
 use ralm_realm::pretrain::{
     exclude_document, mask_sentence, warm_up_on_evidence, warm_up_reader, EvidenceSource, Example,
-    LmReader, MaskedSentence, PretrainConfig, PretrainStep, Pretrainer, Reader, RealmModels,
-    Specials,
+    LmReader, MaskedHits, MaskedSentence, PretrainConfig, PretrainStep, Pretrainer, Reader,
+    RealmModels, Specials,
 };
 use ralm_realm::refresh::{DocSnapshot, Refresher, SnapshotSlot, SnapshotStore};
 use ralm_realm::retriever::{passage_text, DenseEncoder};
@@ -269,15 +269,36 @@ fn a_batch_scores_each_sentence_as_if_it_ran_alone() {
         }
     }
     assert_eq!(tokens, alone_tokens);
-    let together = m.masked_accuracy(&examples).unwrap();
-    let mut apart = ralm_realm::pretrain::MaskedHits::default();
-    for e in &examples {
-        apart += m.masked_accuracy(std::slice::from_ref(e)).unwrap();
+    let each = m.masked_accuracy(&examples).unwrap();
+    assert_eq!(each.len(), examples.len());
+    let mut apart = MaskedHits::default();
+    for (e, batched) in examples.iter().zip(&each) {
+        let alone = m.masked_accuracy(std::slice::from_ref(e)).unwrap();
+        let [alone] = alone.as_slice() else {
+            panic!("one example gave {} results", alone.len())
+        };
+        assert_eq!(
+            (
+                alone.with_retrieval,
+                alone.null_only,
+                alone.masked,
+                alone.sentences
+            ),
+            (
+                batched.with_retrieval,
+                batched.null_only,
+                batched.masked,
+                batched.sentences
+            )
+        );
+        assert!((alone.utility - batched.utility).abs() < 1e-4);
+        apart += *alone;
     }
-    assert_eq!(
-        (together.with_retrieval, together.null_only, together.masked),
-        (apart.with_retrieval, apart.null_only, apart.masked)
-    );
+    // Only the second sentence's document holds its span ("the capital"); the first's two do
+    // not hold "paris", and the third has none.
+    let spans: Vec<_> = each.iter().map(|h| (h.span_top, h.span_found)).collect();
+    assert_eq!(spans, [(0, 0), (1, 1), (0, 0)]);
+    let together: MaskedHits = each.into_iter().sum();
     assert_eq!(together.masked, 1 + 2 + 1);
     // The sentence without documents has no utility; the others' agree with their losses'.
     assert_eq!((together.sentences, apart.sentences), (2, 2));
@@ -589,13 +610,28 @@ fn held_out_accuracy_counts_masked_wordpieces_and_rises_as_the_reader_learns() {
     let mut two = sentence();
     two.span = (9, 20); // "the capital": two wordpieces
     let batch = vec![sentence(), two];
-    let before = trainer.evaluate(&batch, 2).unwrap();
-    assert_eq!(before.masked, 3);
+    // One result per sentence, in order, whatever the batch; progress after every batch.
+    let mut progress = Vec::new();
+    let each = trainer.evaluate(&batch, 1, |n| progress.push(n)).unwrap();
+    assert_eq!(progress, [1, 2]);
+    assert_eq!(each.iter().map(|h| h.masked).collect::<Vec<_>>(), [1, 2]);
+    let before: MaskedHits = trainer
+        .evaluate(&batch, 2, |_| {})
+        .unwrap()
+        .into_iter()
+        .sum();
+    let one_by_one: MaskedHits = each.into_iter().sum();
+    let counts = |h: &MaskedHits| (h.with_retrieval, h.null_only, h.masked);
+    assert_eq!(counts(&before), counts(&one_by_one));
     assert!(before.with_retrieval <= 3 && before.null_only <= 3);
     for _ in 0..60 {
         trainer.step(&batch).unwrap();
     }
-    let after = trainer.evaluate(&batch, 2).unwrap();
+    let after: MaskedHits = trainer
+        .evaluate(&batch, 2, |_| {})
+        .unwrap()
+        .into_iter()
+        .sum();
     assert_eq!(after.masked, 3);
     assert_eq!(
         (after.with_retrieval, after.null_only),
@@ -838,7 +874,7 @@ fn a_frozen_lm_reader_scores_the_span_after_each_document_and_only_the_towers_tr
 
     // Accuracy counts the span's LM tokens.
     let hits = m.masked_accuracy(&examples).unwrap();
-    assert_eq!(hits.masked, 2);
+    assert_eq!(hits.iter().map(|h| h.masked).sum::<usize>(), 2);
     assert!(warm_up_reader(
         &m,
         &["paris"],

@@ -479,14 +479,16 @@ impl RealmModels {
         Ok((losses, tokens))
     }
 
-    /// Masked wordpieces (span tokens, for an LM reader) of the examples predicted right, and the
-    /// top document's retrieval utility (inference mode; the LM reads the span's earlier
-    /// tokens): by the most likely token under `Σ_z p(z|x) p(token|z,x)` over each one's
-    /// documents and the null document, and by the null document alone.
-    pub fn masked_accuracy(&self, examples: &[Example]) -> Result<MaskedHits> {
+    /// Masked wordpieces (span tokens, for an LM reader) of each example predicted right, its
+    /// top document's retrieval utility and whether its documents hold the span, one
+    /// [`MaskedHits`] per example (inference mode; the LM
+    /// reads the span's earlier tokens): by the most likely token under
+    /// `Σ_z p(z|x) p(token|z,x)` over its documents and the null document, and by the null
+    /// document alone.
+    pub fn masked_accuracy(&self, examples: &[Example]) -> Result<Vec<MaskedHits>> {
         let (scored, _) = self.distributions(examples, Mode::Inference)?;
-        let mut hits = MaskedHits::default();
-        for s in scored {
+        let mut hits = Vec::with_capacity(scored.len());
+        for (s, e) in scored.into_iter().zip(examples) {
             let n = s.log_probs.dim(0)?;
             let marginal = s
                 .log_probs
@@ -501,14 +503,21 @@ impl RealmModels {
                 .argmax(D::Minus1)?
                 .to_vec1::<u32>()?;
             let right = |pred: &[u32]| pred.iter().zip(&s.targets).filter(|(a, b)| a == b).count();
-            let utility = top_utility(&s.log_p_z.to_vec1()?, &s.log_p_y()?.to_vec1()?);
-            hits += MaskedHits {
+            let log_p_z: Vec<f32> = s.log_p_z.to_vec1()?;
+            let utility = top_utility(&log_p_z, &s.log_p_y()?.to_vec1()?);
+            let holding: Vec<bool> = (e.docs.iter())
+                .map(|p| self.holds_span(&e.x, p))
+                .collect::<Result<_>>()?;
+            let top = (0..holding.len()).max_by(|&a, &b| log_p_z[a].total_cmp(&log_p_z[b]));
+            hits.push(MaskedHits {
+                span_top: usize::from(top.is_some_and(|t| holding[t])),
+                span_found: usize::from(holding.contains(&true)),
                 with_retrieval: right(&marginal),
                 null_only: right(&null),
                 masked: s.targets.len(),
                 utility: utility.unwrap_or(0.0) as f64,
                 sentences: usize::from(utility.is_some()),
-            };
+            });
         }
         Ok(hits)
     }
@@ -583,8 +592,9 @@ fn grouped_forward(
     Ok(all.index_select(&Tensor::new(order.as_slice(), how.device)?, 0)?)
 }
 
-/// Masked wordpieces predicted right with retrieval and with the null document only, and the
-/// retrieval utility of the top document summed over the sentences that have one.
+/// Masked wordpieces predicted right with retrieval and with the null document only, the
+/// retrieval utility of the top document summed over the sentences that have one, and how many
+/// sentences' documents hold their span.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct MaskedHits {
     pub with_retrieval: usize,
@@ -593,12 +603,25 @@ pub struct MaskedHits {
     pub utility: f64,
     /// Sentences with a retrieved document (those `utility` sums over).
     pub sentences: usize,
+    /// Sentences whose top document (by `p(z|x)`) holds the masked wordpieces, and those with
+    /// any retrieved document that does (as in [`RealmModels::holds_span`]).
+    pub span_top: usize,
+    pub span_found: usize,
 }
 
 impl MaskedHits {
     /// Mean retrieval utility of the top document (0 without any).
     pub fn mean_utility(&self) -> f64 {
         self.utility / self.sentences.max(1) as f64
+    }
+}
+
+impl std::iter::Sum for MaskedHits {
+    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
+        iter.fold(Self::default(), |mut total, h| {
+            total += h;
+            total
+        })
     }
 }
 
@@ -609,6 +632,8 @@ impl std::ops::AddAssign for MaskedHits {
         self.masked += other.masked;
         self.utility += other.utility;
         self.sentences += other.sentences;
+        self.span_top += other.span_top;
+        self.span_found += other.span_found;
     }
 }
 
@@ -904,18 +929,26 @@ impl<'a> Pretrainer<'a> {
         })
     }
 
-    /// Masked wordpieces of held-out `sentences` predicted right with retrieval (the current
-    /// snapshot's top-k and the null document) and with the null document alone, `batch`
-    /// sentences per forward pass.
-    pub fn evaluate(&self, sentences: &[MaskedSentence], batch: usize) -> Result<MaskedHits> {
+    /// Masked tokens of each held-out sentence predicted right with retrieval (the current
+    /// snapshot's top-k and the null document) and with the null document alone, and its top
+    /// document's utility, one [`MaskedHits`] per sentence in order, `batch` sentences per
+    /// forward pass; `done` is called with the sentences evaluated so far.
+    pub fn evaluate(
+        &self,
+        sentences: &[MaskedSentence],
+        batch: usize,
+        mut done: impl FnMut(usize),
+    ) -> Result<Vec<MaskedHits>> {
         let snapshot = self.slot.current();
-        let mut total = MaskedHits::default();
+        let mut each = Vec::with_capacity(sentences.len());
         for chunk in sentences.chunks(batch.max(1)) {
-            total += self
-                .models
-                .masked_accuracy(&self.prepare(&snapshot, chunk)?)?;
+            each.extend(
+                self.models
+                    .masked_accuracy(&self.prepare(&snapshot, chunk)?)?,
+            );
+            done(each.len());
         }
-        Ok(total)
+        Ok(each)
     }
 
     /// Writes `dir` (replaced whole): `reader/` (HF `BertForMaskedLM`), `input/` and `docs/`
