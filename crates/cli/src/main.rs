@@ -12,6 +12,7 @@ mod lm;
 mod plot;
 mod progress;
 mod qa;
+mod qa_compare;
 mod qa_dense;
 mod qa_train;
 mod realm;

@@ -32,6 +32,9 @@ enum QaCommand {
     Index(IndexArgs),
     /// Retrieval recall@1/5/20 and reader EM/F1 on a QA dataset.
     Eval(EvalArgs),
+    /// Paired recall@k changes, with bootstrap intervals, between two `qa eval --json-out`
+    /// files on the same questions.
+    Compare(crate::qa_compare::CompareArgs),
     /// Fine-tune the query tower and the extractive reader (REALM) on squad-open's train articles.
     Train(crate::qa_train::TrainArgs),
     #[command(flatten)]
@@ -218,7 +221,8 @@ struct EvalArgs {
     /// fitted prior beside the one --scale and --bm25-weight give; 0 = no fit.
     #[arg(long, default_value_t = 0)]
     fit_prior: usize,
-    /// Write the results as JSON here.
+    /// Write the results as JSON here, with every question's first answer-bearing rank for
+    /// each retriever (`ralm qa compare` pairs two such files).
     #[arg(long)]
     json_out: Option<PathBuf>,
     #[command(flatten)]
@@ -242,6 +246,7 @@ pub fn run(args: QaArgs) -> anyhow::Result<()> {
     match args.cmd {
         QaCommand::Index(a) => index(a),
         QaCommand::Eval(a) => eval(a),
+        QaCommand::Compare(a) => crate::qa_compare::compare(a),
         QaCommand::Train(a) => crate::qa_train::run(a),
         QaCommand::Lexical(c) => crate::qa::run(c),
     }
@@ -353,7 +358,7 @@ pub fn squad_split(examples: Vec<QaExample>, seed: u64) -> anyhow::Result<Articl
     )?)
 }
 
-const RECALL_KS: [usize; 3] = [1, 5, 20];
+pub const RECALL_KS: [usize; 3] = [1, 5, 20];
 
 /// The prior that best puts `p(z|x)` on answer-holding passages among the top-`k` that
 /// `encoder` and `kind` retrieve for `questions` ([`PassagePrior::fit`]).
@@ -490,6 +495,7 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         let pb = bar(questions.len(), label);
         let start = Instant::now();
         let mut recall = RecallAtK::new(&RECALL_KS);
+        let mut firsts = Vec::with_capacity(questions.len());
         for ex in &questions {
             let r = retrieve(
                 &system.index,
@@ -500,10 +506,12 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
                 kind,
             )?;
             let matcher = AnswerMatcher::for_example(ex);
-            recall.add(first_hit(
+            let first = first_hit(
                 r.hits.iter().map(|&(i, _)| passages[i].text.as_str()),
                 &matcher,
-            ));
+            );
+            recall.add(first);
+            firsts.push(first);
             pb.inc(1);
         }
         pb.finish_and_clear();
@@ -523,7 +531,7 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
             .collect();
         results.insert(
             label.to_string(),
-            json!({"recall": recall_json, "questions_per_s": qps}),
+            json!({"recall": recall_json, "questions_per_s": qps, "first_hit": firsts}),
         );
     }
     let read = match a.reader_limit {
@@ -572,6 +580,8 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
     if let Some(path) = &a.json_out {
         results.insert("dataset".into(), json!(format!("{:?}", a.dataset)));
         results.insert("questions".into(), json!(questions.len()));
+        let ids: Vec<&str> = questions.iter().map(|q| q.id.as_str()).collect();
+        results.insert("question_ids".into(), json!(ids));
         results.insert("passages".into(), json!(passages.len()));
         let bytes = serde_json::to_vec_pretty(&serde_json::Value::Object(results))?;
         crate::io::write_atomic(path, &bytes)?;
