@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use candle_core::Device;
 use clap::Args;
 use ralm_models::bert::Pooling;
 use ralm_realm::metrics::{bootstrap_ratio, Interval};
+use ralm_realm::passages::Passage;
 use ralm_realm::pretrain::{read_checkpoint_state, MaskedHits, Pretrainer};
 use ralm_realm::qa_index::QaIndex;
 use ralm_realm::refresh::{SnapshotSlot, SnapshotStore};
@@ -96,19 +98,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     }
     let corpus = index.passages().to_vec();
     let store = SnapshotStore::new(&a.run.join("snapshots"), &corpus);
-    let trainer = if a.start {
-        let slot = Arc::new(SnapshotSlot::new(snapshot_to_read(0, &index, &store)?));
-        let models = starting_models(&run, &device)?;
-        let total = run.sentences.div_ceil(run.batch.max(1)).max(1);
-        Pretrainer::new(&corpus, slot, models, pretrain_config(&run, total))?
-    } else {
-        let checkpoint = a.run.join("checkpoint");
-        let state = read_checkpoint_state(&checkpoint)
-            .with_context(|| format!("no checkpoint in {}", a.run.display()))?;
-        let first = snapshot_to_read(state.snapshot_version, &index, &store)?;
-        let slot = Arc::new(SnapshotSlot::new(first));
-        Pretrainer::resume(&corpus, slot, &checkpoint, &device, None)?
-    };
+    let trainer = scoring_trainer(&a, &run, &corpus, &index, &store, &device)?;
     let pb = bar(held_out.len(), "held-out");
     let each = trainer.evaluate(held_out, a.batch.unwrap_or(run.batch), |n| {
         pb.set_position(n as u64)
@@ -172,6 +162,38 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// A trainer holding the models to score: the run's checkpoint on the index snapshot it reads,
+/// or with `--start` the models and index the run started from.
+fn scoring_trainer<'c>(
+    a: &EvalArgs,
+    run: &PretrainArgs,
+    corpus: &'c [Passage],
+    index: &QaIndex,
+    store: &SnapshotStore,
+    device: &Device,
+) -> anyhow::Result<Pretrainer<'c>> {
+    if a.start {
+        let slot = Arc::new(SnapshotSlot::new(snapshot_to_read(0, index, store)?));
+        let models = starting_models(run, device)?;
+        let total = run.sentences.div_ceil(run.batch.max(1)).max(1);
+        return Ok(Pretrainer::new(
+            corpus,
+            slot,
+            models,
+            pretrain_config(run, total),
+        )?);
+    }
+    let checkpoint = a.run.join("checkpoint");
+    let state = read_checkpoint_state(&checkpoint)
+        .with_context(|| format!("no checkpoint in {}", a.run.display()))?;
+    let slot = Arc::new(SnapshotSlot::new(snapshot_to_read(
+        state.snapshot_version,
+        index,
+        store,
+    )?));
+    Ok(Pretrainer::resume(corpus, slot, &checkpoint, device, None)?)
 }
 
 /// The RU of every sentence that has one, as bootstrap items.
