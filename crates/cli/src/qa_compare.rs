@@ -5,13 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use ralm_realm::metrics::bootstrap_ratio;
+use ralm_realm::metrics::{bootstrap_ratio, BOOTSTRAP_RESAMPLES};
 use serde_json::Value;
 
 use crate::qa_dense::RECALL_KS;
-
-/// Bootstrap resamples of every interval.
-const RESAMPLES: usize = 10_000;
 
 /// Options of `ralm qa compare`.
 #[derive(Args)]
@@ -80,7 +77,7 @@ fn changes(baseline: &Evaluated, other: &Evaluated) -> anyhow::Result<Vec<String
             let items: Vec<(f64, f64)> = (hits(theirs, k).zip(hits(base, k)))
                 .map(|(t, b)| (t - b, 1.0))
                 .collect();
-            let Some(change) = bootstrap_ratio(&items, RESAMPLES, 0) else {
+            let Some(change) = bootstrap_ratio(&items, BOOTSTRAP_RESAMPLES, 0) else {
                 continue;
             };
             lines.push(format!(

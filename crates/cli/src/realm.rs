@@ -963,10 +963,7 @@ pub struct CompareArgs {
 fn compare(a: CompareArgs) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for dir in &a.runs {
-        let name = dir
-            .file_name()
-            .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
-        runs.push((name, PretrainLog::read(dir)?));
+        runs.push((run_name(dir), PretrainLog::read(dir)?));
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let means = |pick: fn(&PretrainLog) -> &Vec<(f64, f64)>| -> Vec<Series> {
@@ -1043,6 +1040,12 @@ fn compare(a: CompareArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A run's name in comparisons: its directory's name.
+fn run_name(dir: &std::path::Path) -> String {
+    dir.file_name()
+        .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into())
+}
+
 /// Paired comparisons of the held-out scorings `ralm realm eval` left in the runs: each run's
 /// checkpoint against its start, and every other run's checkpoint against the first run's.
 fn compare_held_out(runs: &[PathBuf]) -> anyhow::Result<()> {
@@ -1051,10 +1054,6 @@ fn compare_held_out(runs: &[PathBuf]) -> anyhow::Result<()> {
         path.exists()
             .then(|| eval::read_held_out(&path))
             .transpose()
-    };
-    let name = |dir: &PathBuf| {
-        dir.file_name()
-            .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into())
     };
     let say = |what: String, change: anyhow::Result<String>| match change {
         Ok(line) => eprintln!("{what}: {line}"),
@@ -1067,13 +1066,13 @@ fn compare_held_out(runs: &[PathBuf]) -> anyhow::Result<()> {
         };
         if let Some(start) = read(dir, eval::HELD_OUT_START_FILE)? {
             say(
-                format!("{}, held out, start to checkpoint", name(dir)),
+                format!("{}, held out, start to checkpoint", run_name(dir)),
                 eval::paired_change(&start, &end),
             );
         }
         if let (Some(first), true) = (&first, i > 0) {
             say(
-                format!("held out, {} to {}", name(&runs[0]), name(dir)),
+                format!("held out, {} to {}", run_name(&runs[0]), run_name(dir)),
                 eval::paired_change(first, &end),
             );
         }

@@ -271,6 +271,9 @@ pub fn rankings_recall(
     Ok(recall)
 }
 
+/// Bootstrap resamples of the intervals ralm reports.
+pub const BOOTSTRAP_RESAMPLES: usize = 10_000;
+
 /// A statistic and its bootstrap 95 % interval.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Interval {

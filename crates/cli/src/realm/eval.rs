@@ -9,7 +9,7 @@ use anyhow::Context;
 use candle_core::Device;
 use clap::Args;
 use ralm_models::bert::Pooling;
-use ralm_realm::metrics::{bootstrap_ratio, Interval};
+use ralm_realm::metrics::{bootstrap_ratio, Interval, BOOTSTRAP_RESAMPLES};
 use ralm_realm::passages::Passage;
 use ralm_realm::pretrain::{read_checkpoint_state, MaskedHits, Pretrainer};
 use ralm_realm::qa_index::QaIndex;
@@ -24,8 +24,6 @@ use crate::qa_dense::bar;
 pub const HELD_OUT_FILE: &str = "held-out.jsonl";
 /// Per-sentence scores of the models the run started from, in the run's directory.
 pub const HELD_OUT_START_FILE: &str = "held-out-start.jsonl";
-/// Bootstrap resamples of every interval.
-const RESAMPLES: usize = 10_000;
 
 /// Options of `ralm realm eval`.
 #[derive(Args)]
@@ -142,7 +140,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
         total.masked,
         100.0 * total.with_retrieval as f64 / total.masked.max(1) as f64,
         100.0 * total.null_only as f64 / total.masked.max(1) as f64,
-        show(bootstrap_ratio(&utilities(&scored), RESAMPLES, 0), 1.0, ""),
+        show(bootstrap_ratio(&utilities(&scored), BOOTSTRAP_RESAMPLES, 0), 1.0, ""),
     );
     let beats_null: Vec<(f64, f64)> = (scored.iter())
         .map(|s| {
@@ -155,7 +153,11 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     eprintln!(
         "retrieval minus the null document: {} points of accuracy; the span is in the top \
          document for {:.1}% of sentences, in one of the {} for {:.1}%; per sentence in {}",
-        show(bootstrap_ratio(&beats_null, RESAMPLES, 0), 100.0, ""),
+        show(
+            bootstrap_ratio(&beats_null, BOOTSTRAP_RESAMPLES, 0),
+            100.0,
+            ""
+        ),
         100.0 * total.span_top as f64 / scored.len() as f64,
         run.k,
         100.0 * total.span_found as f64 / scored.len() as f64,
@@ -284,13 +286,21 @@ pub fn paired_change(a: &[HeldOutSentence], b: &[HeldOutSentence]) -> anyhow::Re
         b.first().map_or(0, |s| s.step),
         mean(&utilities(a)),
         mean(&utilities(b)),
-        show(bootstrap_ratio(&ru, RESAMPLES, 0), 1.0, ""),
+        show(bootstrap_ratio(&ru, BOOTSTRAP_RESAMPLES, 0), 1.0, ""),
         acc(a),
         acc(b),
-        show(bootstrap_ratio(&accuracy, RESAMPLES, 0), 100.0, " points"),
+        show(
+            bootstrap_ratio(&accuracy, BOOTSTRAP_RESAMPLES, 0),
+            100.0,
+            " points"
+        ),
         top(a),
         top(b),
-        show(bootstrap_ratio(&span_top, RESAMPLES, 0), 100.0, " points"),
+        show(
+            bootstrap_ratio(&span_top, BOOTSTRAP_RESAMPLES, 0),
+            100.0,
+            " points"
+        ),
     ))
 }
 

@@ -178,8 +178,14 @@ impl SentenceLoss {
 /// null document last (`None` without another candidate).
 fn top_utility(log_p_z: &[f32], log_p_y: &[f32]) -> Option<f32> {
     let null = log_p_y.len() - 1;
-    let top = (0..null).max_by(|&a, &b| log_p_z[a].total_cmp(&log_p_z[b]))?;
+    let top = top_candidate(log_p_z)?;
     Some(log_p_y[top] - log_p_y[null])
+}
+
+/// The candidate of highest `p(z|x)` other than the null document (last), `None` without one.
+fn top_candidate(log_p_z: &[f32]) -> Option<usize> {
+    let null = log_p_z.len().checked_sub(1)?;
+    (0..null).max_by(|&a, &b| log_p_z[a].total_cmp(&log_p_z[b]))
 }
 
 /// One sentence's candidates scored: `log p(z|x)` `[n]` and the reader's log-probabilities
@@ -290,6 +296,11 @@ impl RealmModels {
         let ids = enc.get_ids();
         let seen = &ids[..ids.len().min(self.max_doc_pieces)];
         Ok(!x.targets.is_empty() && seen.windows(x.targets.len()).any(|w| w == x.targets))
+    }
+
+    /// Whether each of the example's documents [holds its span](Self::holds_span).
+    fn span_holders(&self, e: &Example) -> Result<Vec<bool>> {
+        e.docs.iter().map(|p| self.holds_span(&e.x, p)).collect()
     }
 
     /// The input tower's unit vectors `[n, dim]` of `queries` (ids), in one forward pass.
@@ -505,12 +516,9 @@ impl RealmModels {
             let right = |pred: &[u32]| pred.iter().zip(&s.targets).filter(|(a, b)| a == b).count();
             let log_p_z: Vec<f32> = s.log_p_z.to_vec1()?;
             let utility = top_utility(&log_p_z, &s.log_p_y()?.to_vec1()?);
-            let holding: Vec<bool> = (e.docs.iter())
-                .map(|p| self.holds_span(&e.x, p))
-                .collect::<Result<_>>()?;
-            let top = (0..holding.len()).max_by(|&a, &b| log_p_z[a].total_cmp(&log_p_z[b]));
+            let holding = self.span_holders(e)?;
             hits.push(MaskedHits {
-                span_top: usize::from(top.is_some_and(|t| holding[t])),
+                span_top: usize::from(top_candidate(&log_p_z).is_some_and(|t| holding[t])),
                 span_found: usize::from(holding.contains(&true)),
                 with_retrieval: right(&marginal),
                 null_only: right(&null),
@@ -889,12 +897,7 @@ impl<'a> Pretrainer<'a> {
         let examples = self.prepare(&snapshot, batch)?;
         let mut found = 0;
         for e in &examples {
-            for p in &e.docs {
-                if self.models.holds_span(&e.x, p)? {
-                    found += 1;
-                    break;
-                }
-            }
+            found += usize::from(self.models.span_holders(e)?.contains(&true));
         }
         let (out, tokens) = self.models.sentence_losses(&examples)?;
         let n = batch.len() as f64;
