@@ -958,9 +958,20 @@ pub struct CompareArgs {
     /// Directory for loss.svg, utility.svg and accuracy.svg.
     #[arg(long)]
     out: PathBuf,
+    /// The runs come in pairs, a run then its control (a refreshed run, then its stale-index
+    /// twin): also give each pair's held-out change and the change averaged over the pairs,
+    /// sentence by sentence.
+    #[arg(long)]
+    pairs: bool,
 }
 
 fn compare(a: CompareArgs) -> anyhow::Result<()> {
+    if a.pairs && a.runs.len() % 2 == 1 {
+        anyhow::bail!(
+            "--pairs takes the runs two by two (a run, then its control): {} runs given",
+            a.runs.len()
+        );
+    }
     let mut runs = Vec::new();
     for dir in &a.runs {
         runs.push((run_name(dir), PretrainLog::read(dir)?));
@@ -1035,7 +1046,7 @@ fn compare(a: CompareArgs) -> anyhow::Result<()> {
             }
         );
     }
-    compare_held_out(&a.runs)?;
+    compare_held_out(&a.runs, a.pairs)?;
     eprintln!("charts in {}", a.out.display());
     Ok(())
 }
@@ -1047,8 +1058,9 @@ fn run_name(dir: &std::path::Path) -> String {
 }
 
 /// Paired comparisons of the held-out scorings `ralm realm eval` left in the runs: each run's
-/// checkpoint against its start, and every other run's checkpoint against the first run's.
-fn compare_held_out(runs: &[PathBuf]) -> anyhow::Result<()> {
+/// checkpoint against its start, and every other run's checkpoint against the first run's; with
+/// `pairs`, each control against its run and the mean change over the pairs.
+fn compare_held_out(runs: &[PathBuf], pairs: bool) -> anyhow::Result<()> {
     let read = |dir: &PathBuf, file: &str| -> anyhow::Result<Option<Vec<eval::HeldOutSentence>>> {
         let path = dir.join(file);
         path.exists()
@@ -1059,23 +1071,57 @@ fn compare_held_out(runs: &[PathBuf]) -> anyhow::Result<()> {
         Ok(line) => eprintln!("{what}: {line}"),
         Err(e) => eprintln!("{what}: not compared, {e}"),
     };
-    let first = read(&runs[0], eval::HELD_OUT_FILE)?;
-    for (i, dir) in runs.iter().enumerate() {
-        let Some(end) = read(dir, eval::HELD_OUT_FILE)? else {
+    let mut ends = Vec::new();
+    for dir in runs {
+        ends.push(read(dir, eval::HELD_OUT_FILE)?);
+    }
+    for (i, (dir, end)) in runs.iter().zip(&ends).enumerate() {
+        let Some(end) = end else {
             continue;
         };
         if let Some(start) = read(dir, eval::HELD_OUT_START_FILE)? {
             say(
                 format!("{}, held out, start to checkpoint", run_name(dir)),
-                eval::paired_change(&start, &end),
+                eval::paired_change(&[(&start, end)]),
             );
         }
-        if let (Some(first), true) = (&first, i > 0) {
+        if let (Some(first), true) = (&ends[0], i > 0) {
             say(
                 format!("held out, {} to {}", run_name(&runs[0]), run_name(dir)),
-                eval::paired_change(first, &end),
+                eval::paired_change(&[(first, end)]),
             );
         }
+    }
+    if !pairs {
+        return Ok(());
+    }
+    let mut scored = Vec::new();
+    for (p, (names, scorings)) in runs.chunks(2).zip(ends.chunks(2)).enumerate() {
+        let name = format!("{} to {}", run_name(&names[0]), run_name(&names[1]));
+        match scorings {
+            [Some(run), Some(control)] => {
+                // The first pair's change is the first run's to the second, given above.
+                if p > 0 {
+                    say(
+                        format!("held out, {name}"),
+                        eval::paired_change(&[(run, control)]),
+                    );
+                }
+                scored.push((name, (&run[..], &control[..])));
+            }
+            _ => eprintln!(
+                "held out, {name}: not compared, a run has no {}",
+                eval::HELD_OUT_FILE
+            ),
+        }
+    }
+    if scored.len() > 1 {
+        let names: Vec<&str> = scored.iter().map(|(n, _)| n.as_str()).collect();
+        let pairs: Vec<eval::ScoringPair> = scored.iter().map(|(_, p)| *p).collect();
+        say(
+            format!("held out, mean over {}", names.join("; ")),
+            eval::paired_change(&pairs),
+        );
     }
     Ok(())
 }

@@ -233,42 +233,62 @@ pub fn read_held_out(path: &Path) -> anyhow::Result<Vec<HeldOutSentence>> {
         .collect()
 }
 
-/// What changed from scoring `a` to scoring `b` of the same held-out sentences: the RU of the
-/// top document and the accuracy with retrieval, each with its paired bootstrap interval, in a
-/// line; an error when they scored different sentences.
-pub fn paired_change(a: &[HeldOutSentence], b: &[HeldOutSentence]) -> anyhow::Result<String> {
-    let same = a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|(x, y)| (x.sentence, x.masked) == (y.sentence, y.masked));
-    if !same {
+/// A scoring before and after, of the same held-out sentences.
+pub type ScoringPair<'a> = (&'a [HeldOutSentence], &'a [HeldOutSentence]);
+
+/// What changed from each pair's first scoring to its second, averaged over the pairs sentence by
+/// sentence (one pair: the plain paired change): the RU of the top document, the accuracy with
+/// retrieval and how often the top document holds the span, each with its paired bootstrap
+/// interval over sentences, in a line; an error when the scorings are not of the same sentences.
+pub fn paired_change<'a>(pairs: &[ScoringPair<'a>]) -> anyhow::Result<String> {
+    let Some(&(first, _)) = pairs.first() else {
+        anyhow::bail!("no scorings to compare");
+    };
+    let same = |b: &[HeldOutSentence]| {
+        first.len() == b.len()
+            && (first.iter().zip(b)).all(|(x, y)| (x.sentence, x.masked) == (y.sentence, y.masked))
+    };
+    if !pairs.iter().all(|(a, b)| same(a) && same(b)) {
         anyhow::bail!(
             "they scored different held-out sentences (give `ralm realm eval` the same --count)"
         );
     }
-    let ru: Vec<(f64, f64)> = (a.iter().zip(b))
-        .filter_map(|(x, y)| Some((y.utility? - x.utility?, 1.0)))
+    let per_pair = pairs.len() as f64;
+    // Sentence i's change, averaged over the pairs, as a bootstrap item; None where a scoring has
+    // no value.
+    let change = |i: usize, value: &dyn Fn(&HeldOutSentence) -> Option<f64>| -> Option<f64> {
+        (pairs.iter())
+            .map(|(a, b)| Some(value(&b[i])? - value(&a[i])?))
+            .sum::<Option<f64>>()
+            .map(|sum| sum / per_pair)
+    };
+    let flag = |on: bool| f64::from(u8::from(on));
+    let sentences = 0..first.len();
+    let ru: Vec<(f64, f64)> = (sentences.clone())
+        .filter_map(|i| Some((change(i, &|s| s.utility)?, 1.0)))
         .collect();
-    let accuracy: Vec<(f64, f64)> = (a.iter().zip(b))
-        .map(|(x, y)| {
-            (
-                y.with_retrieval as f64 - x.with_retrieval as f64,
-                x.masked as f64,
-            )
+    let accuracy: Vec<(f64, f64)> = (sentences.clone())
+        .filter_map(|i| {
+            let right = change(i, &|s| Some(s.with_retrieval as f64))?;
+            Some((right, first[i].masked as f64))
         })
         .collect();
-    let span_top: Vec<(f64, f64)> = (a.iter().zip(b))
-        .map(|(x, y)| {
-            (
-                f64::from(u8::from(y.span_top)) - f64::from(u8::from(x.span_top)),
-                1.0,
-            )
-        })
+    let span_top: Vec<(f64, f64)> = sentences
+        .filter_map(|i| Some((change(i, &|s| Some(flag(s.span_top)))?, 1.0)))
         .collect();
     let mean = |items: &[(f64, f64)]| {
         let (n, d) = items.iter().fold((0.0, 0.0), |s, i| (s.0 + i.0, s.1 + i.1));
         n / d.max(1.0)
     };
+    // A measure of the pairs' first (or, `after`, second) scorings, averaged over the pairs.
+    let side = |(a, b): ScoringPair<'a>, after: bool| if after { b } else { a };
+    let over_pairs = |after: bool, measure: &dyn Fn(&[HeldOutSentence]) -> f64| {
+        (pairs.iter())
+            .map(|&p| measure(side(p, after)))
+            .sum::<f64>()
+            / per_pair
+    };
+    let ru_mean = |scored: &[HeldOutSentence]| mean(&utilities(scored));
     let acc = |scored: &[HeldOutSentence]| {
         let items: Vec<(f64, f64)> = (scored.iter())
             .map(|s| (s.with_retrieval as f64, s.masked as f64))
@@ -278,29 +298,30 @@ pub fn paired_change(a: &[HeldOutSentence], b: &[HeldOutSentence]) -> anyhow::Re
     let top = |scored: &[HeldOutSentence]| {
         100.0 * scored.iter().filter(|s| s.span_top).count() as f64 / scored.len().max(1) as f64
     };
+    let interval = |items: &[(f64, f64)], scale: f64, unit: &str| {
+        show(bootstrap_ratio(items, BOOTSTRAP_RESAMPLES, 0), scale, unit)
+    };
+    let step = |after: bool| side(pairs[0], after).first().map_or(0, |s| s.step);
     Ok(format!(
-        "{} sentences, updates {} -> {}: RU {:+.3} -> {:+.3}, change {}; accuracy with retrieval \
-         {:.1}% -> {:.1}%, change {}; span in the top document {:.1}% -> {:.1}%, change {}",
-        a.len(),
-        a.first().map_or(0, |s| s.step),
-        b.first().map_or(0, |s| s.step),
-        mean(&utilities(a)),
-        mean(&utilities(b)),
-        show(bootstrap_ratio(&ru, BOOTSTRAP_RESAMPLES, 0), 1.0, ""),
-        acc(a),
-        acc(b),
-        show(
-            bootstrap_ratio(&accuracy, BOOTSTRAP_RESAMPLES, 0),
-            100.0,
-            " points"
-        ),
-        top(a),
-        top(b),
-        show(
-            bootstrap_ratio(&span_top, BOOTSTRAP_RESAMPLES, 0),
-            100.0,
-            " points"
-        ),
+        "{} sentences{}, updates {} -> {}: RU {:+.3} -> {:+.3}, change {}; accuracy with \
+         retrieval {:.1}% -> {:.1}%, change {}; span in the top document {:.1}% -> {:.1}%, \
+         change {}",
+        first.len(),
+        match pairs.len() {
+            1 => String::new(),
+            n => format!(" (mean of {n} pairs of scorings)"),
+        },
+        step(false),
+        step(true),
+        over_pairs(false, &ru_mean),
+        over_pairs(true, &ru_mean),
+        interval(&ru, 1.0, ""),
+        over_pairs(false, &acc),
+        over_pairs(true, &acc),
+        interval(&accuracy, 100.0, " points"),
+        over_pairs(false, &top),
+        over_pairs(true, &top),
+        interval(&span_top, 100.0, " points"),
     ))
 }
 
@@ -327,7 +348,7 @@ mod tests {
     fn paired_change_reports_both_scorings_and_their_difference() {
         let start = scored(0, &[(2, 1, 1.0), (3, 0, 2.0), (1, 1, 0.0)]);
         let end = scored(200, &[(2, 2, 1.5), (3, 1, 2.5), (1, 1, 0.5)]);
-        let line = paired_change(&start, &end).unwrap();
+        let line = paired_change(&[(&start, &end)]).unwrap();
         // RU 1.000 -> 1.500, every sentence +0.5; accuracy 2/6 -> 4/6.
         assert!(line.starts_with("3 sentences, updates 0 -> 200: RU +1.000 -> +1.500, change +0.50 (95 % CI +0.50 to +0.50)"), "{line}");
         assert!(
@@ -335,7 +356,31 @@ mod tests {
             "{line}"
         );
         let other = scored(200, &[(2, 2, 1.5), (3, 1, 2.5)]);
-        assert!(paired_change(&start, &other).is_err());
+        assert!(paired_change(&[(&start, &other)]).is_err());
+        assert!(paired_change(&[(&start, &end), (&start, &other)]).is_err());
+        assert!(paired_change(&[]).is_err());
+    }
+
+    #[test]
+    fn paired_change_over_pairs_averages_each_sentence() {
+        let a = scored(200, &[(2, 2, 1.0), (2, 0, 3.0)]);
+        let b = scored(200, &[(2, 1, 0.0), (2, 0, 3.0)]);
+        let c = scored(200, &[(2, 2, 2.0), (2, 1, 2.0)]);
+        let d = scored(200, &[(2, 2, 2.0), (2, 0, 1.0)]);
+        let line = paired_change(&[(&a, &b), (&c, &d)]).unwrap();
+        // RU: sentence 0 changes by -1 and 0 (mean -0.5), sentence 1 by 0 and -1 (mean -0.5);
+        // accuracy: -1 and -1 of 4 wordpieces over the pairs, -1/4 on average.
+        assert!(
+            line.starts_with(
+                "2 sentences (mean of 2 pairs of scorings), updates 200 -> 200: RU +2.000 -> \
+                 +1.500, change -0.50 (95 % CI -0.50 to -0.50)"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.contains("accuracy with retrieval 62.5% -> 37.5%, change -25.00 points"),
+            "{line}"
+        );
     }
 
     #[test]
