@@ -16,6 +16,7 @@ mod qa_compare;
 mod qa_dense;
 mod qa_train;
 mod realm;
+mod seed;
 mod serve;
 mod translate;
 

@@ -239,6 +239,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let log_path = a.out.join(LOG_FILE);
+    crate::seed::dropout(a.seed, trainer.step_count());
     let mut log = crate::io::open_training_log(&log_path, trainer.step_count())?;
     eprintln!(
         "{} training questions ({} updates of {}), {} eval questions, {} passages",

@@ -253,6 +253,7 @@ fn ner_train(a: NerTrainArgs) -> anyhow::Result<()> {
     let tagger = EntityTagger::load(&a.encoder, &CONLL_LABELS, a.seed, &device)
         .with_context(|| format!("loading {}", a.encoder.display()))?;
     let mut trainer = TaggerTrainer::new(tagger, a.lr, a.warmup, total)?;
+    crate::seed::dropout(a.seed, 0);
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let log_path = a.out.join("train.jsonl");
     let mut log = std::fs::File::create(&log_path)
@@ -648,6 +649,7 @@ fn pretrain(a: PretrainArgs) -> anyhow::Result<()> {
     let log_path = a.out.join("train.jsonl");
     let mut log = crate::io::open_training_log(&log_path, trainer.step_count())?;
     let done = trainer.step_count();
+    crate::seed::dropout(a.seed, done);
     if done >= total {
         eprintln!("{} already took all {total} updates", checkpoint.display());
         return Ok(());

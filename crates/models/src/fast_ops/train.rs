@@ -7,8 +7,7 @@
 use super::{erf, exp_non_positive, f32_slice, is_cpu_f32, rows_per_task, softmax_in_place, CHUNK};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 
 /// Softmax over the last dimension, with a backward pass.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -53,8 +52,8 @@ pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 }
 
 /// Inverted dropout: each element zeroed with probability `p`, the others scaled by `1/(1−p)`,
-/// with a backward pass. On the CPU the mask is a hash of a fresh per-call seed and the
-/// element's index, drawn in the same pass (candle's version draws uniforms on one thread and
+/// with a backward pass. On the CPU the mask is a hash of a per-call seed (the next of the
+/// stream [`seed_dropout`] sets) and the element's index, drawn in the same pass (candle's version draws uniforms on one thread and
 /// makes four full-size temporaries) and recomputed, not stored, for the backward pass.
 pub fn dropout(x: &Tensor, p: f32) -> Result<Tensor> {
     if !(0.0..1.0).contains(&p) {
@@ -63,16 +62,34 @@ pub fn dropout(x: &Tensor, p: f32) -> Result<Tensor> {
     if !is_cpu_f32(x) {
         return candle_nn::ops::dropout(x, p);
     }
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    static BASE: OnceLock<u64> = OnceLock::new();
-    let base = *BASE.get_or_init(rand::random);
-    let seed = mix(base ^ CALLS.fetch_add(1, Ordering::Relaxed));
     x.contiguous()?.apply_op1(Dropout {
         // Elements whose 32-bit hash falls below this are dropped.
         threshold: (p as f64 * 4_294_967_296.0) as u64,
         scale: 1.0 / (1.0 - p),
-        seed,
+        seed: next_dropout_seed(),
     })
+}
+
+/// The process's dropout stream: its base seed and the masks drawn from it so far.
+static DROPOUT_STREAM: Mutex<Option<(u64, u64)>> = Mutex::new(None);
+
+/// Seeds the CPU dropout masks: those drawn afterwards depend only on `seed` and the order of
+/// the calls, so a training run that seeds the same way repeats its masks exactly. Unseeded,
+/// each process draws its own base seed at random.
+pub fn seed_dropout(seed: u64) {
+    *DROPOUT_STREAM
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some((seed, 0));
+}
+
+/// The seed of the next dropout mask.
+fn next_dropout_seed() -> u64 {
+    let mut stream = DROPOUT_STREAM
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let (base, calls) = stream.get_or_insert_with(|| (rand::random(), 0));
+    *calls += 1;
+    mix(mix(*base).wrapping_add(*calls))
 }
 
 /// SplitMix64's finaliser: a bijective, well-mixed hash of `z`.
