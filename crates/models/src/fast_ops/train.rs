@@ -53,8 +53,9 @@ pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 
 /// Inverted dropout: each element zeroed with probability `p`, the others scaled by `1/(1−p)`,
 /// with a backward pass. On the CPU the mask is a hash of a per-call seed (the next of the
-/// stream [`seed_dropout`] sets) and the element's index, drawn in the same pass (candle's version draws uniforms on one thread and
-/// makes four full-size temporaries) and recomputed, not stored, for the backward pass.
+/// stream [`seed_dropout`] sets) and the element's index, drawn in the same pass (candle's
+/// version draws uniforms on one thread and makes four full-size temporaries) and recomputed,
+/// not stored, for the backward pass.
 pub fn dropout(x: &Tensor, p: f32) -> Result<Tensor> {
     if !(0.0..1.0).contains(&p) {
         candle_core::bail!("dropout probability {p} is not in [0, 1)");
